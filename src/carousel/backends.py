@@ -1,0 +1,140 @@
+"""The seam between layers and kernels: one function runs one direction of one layer.
+
+A backend is a function with the signature of :func:`reference_sequence`: it takes a whole
+sequence and returns the whole output and the final state, and autograd (or the backend's own
+``torch.autograd.Function``) carries the gradient back through time.  The layers pick a backend
+by name (``"reference"``, a registered kernel such as ``"fused"``, or ``"auto"``) and never
+care which one ran.
+
+Shapes follow the legend in :mod:`carousel`: T, B, I, H, G.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from carousel.cells import CellOptions
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerWeights:
+    """The parameters of one direction of one layer, as the kernels receive them."""
+
+    w_ih: Tensor  # (G·H, I)
+    w_hh: Tensor  # (G·H, H)
+    b_ih: Tensor | None  # (G·H,)
+    b_hh: Tensor | None  # (G·H,)
+    peep: dict[str, Tensor]  # name -> (H,)
+
+
+SequenceFn = Callable[
+    [CellOptions, Tensor, tuple[Tensor, ...], LayerWeights, Tensor | None, bool],
+    tuple[Tensor, tuple[Tensor, ...]],
+]
+
+
+def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """Reverse each sequence of x (T, B, ...) within its own length; padding stays put.
+
+    With ``lengths`` (B,) the backward direction of a bidirectional layer starts at each
+    sequence's own last step, as in Schuster & Paliwal.
+    """
+    if lengths is None:
+        return x.flip(0)
+    T = x.size(0)
+    t = torch.arange(T, device=x.device).unsqueeze(1)  # (T, 1)
+    src = torch.where(t < lengths, lengths - 1 - t, t)  # (T, B)
+    src = src.view(T, -1, *([1] * (x.dim() - 2))).expand_as(x)
+    return x.gather(0, src)
+
+
+def reference_sequence(
+    cell: CellOptions,
+    x: Tensor,
+    state: tuple[Tensor, ...],
+    weights: LayerWeights,
+    lengths: Tensor | None,
+    reverse: bool,
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """Run ``cell``'s reference step over a whole sequence; autograd gives BPTT.
+
+    Args:
+        x: (T, B, I) input.
+        state: initial state, one (B, H) tensor per name in ``cell.state_names``.
+        lengths: (B,) int64 on x's device with values in 1..T, or ``None`` if all are T.
+            Steps past a sequence's length leave its state unchanged and output zeros.
+        reverse: run from each sequence's last real step back to its first.
+
+    Returns:
+        output (T, B, H) in the input's time order, and the final state at each sequence's
+        last real step.
+    """
+    if reverse:
+        x = reverse_padded(x, lengths)
+    gx = F.linear(x, weights.w_ih, weights.b_ih)  # (T, B, G·H): all steps in one product
+    outputs = []
+    for t in range(x.size(0)):
+        new = cell.step(gx[t], state, weights.w_hh, weights.b_hh, weights.peep)
+        if lengths is None:
+            state = new
+            outputs.append(new[0])
+        else:
+            live = (t < lengths).unsqueeze(1)  # (B, 1)
+            state = tuple(torch.where(live, n, o) for n, o in zip(new, state))
+            outputs.append(torch.where(live, new[0], 0.0))
+    output = torch.stack(outputs)  # (T, B, H)
+    if reverse:
+        output = reverse_padded(output, lengths)
+    return output, state
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """A registered kernel: ``run`` has :func:`reference_sequence`'s signature and
+    ``supports(cell, x)`` says whether it can run that cell on that tensor (device, dtype)."""
+
+    name: str
+    run: SequenceFn
+    supports: Callable[[CellOptions, Tensor], bool]
+
+
+BACKENDS: dict[str, Backend] = {
+    "reference": Backend("reference", reference_sequence, lambda cell, x: True),
+}
+
+
+def register_backend(backend: Backend) -> None:
+    """Make ``backend`` selectable by name and by ``"auto"`` (which prefers it to reference)."""
+    BACKENDS[backend.name] = backend
+
+
+def backend_names() -> tuple[str, ...]:
+    return ("auto", *BACKENDS)
+
+
+def check_backend(name: str) -> None:
+    if name not in backend_names():
+        raise ValueError(f"backend must be one of {', '.join(backend_names())}; got {name!r}")
+
+
+def select_backend(name: str, cell: CellOptions, x: Tensor) -> Backend:
+    """The backend that runs ``cell`` on ``x``: the one named, or for ``"auto"`` the first
+    registered kernel that supports it, else the reference path."""
+    check_backend(name)
+    if name != "auto":
+        backend = BACKENDS[name]
+        if not backend.supports(cell, x):
+            raise ValueError(
+                f"backend {name!r} cannot run cell family {cell.family!r} on "
+                f"{x.device.type} {x.dtype}; use backend='auto' or 'reference'"
+            )
+        return backend
+    for backend in BACKENDS.values():
+        if backend.name != "reference" and backend.supports(cell, x):
+            return backend
+    return BACKENDS["reference"]

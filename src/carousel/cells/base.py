@@ -1,0 +1,102 @@
+"""What every cell family provides to the layers: its gate blocks, its state, its step.
+
+A *cell* is one time step.  Each family (Elman RNN, LSTM, GRU) is a frozen dataclass of
+options whose methods say which weight blocks and peepholes exist and run one step of the
+reference equations.  The layers (:mod:`carousel.layers`) own everything else: time,
+direction, stacking, lengths, state and validation.
+
+Shapes follow the legend in :mod:`carousel`: T, B, I, H, G.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "relu": torch.relu,
+    "identity": lambda a: a,
+}
+
+
+def check_choice(what: str, value: object, allowed: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` naming ``what`` unless ``value`` is one of ``allowed``."""
+    if value not in allowed:
+        raise ValueError(f"{what} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CellOptions(abc.ABC):
+    """Base of the per-family option dataclasses.
+
+    Subclasses set ``family`` and ``state_names`` and implement :meth:`gates` and :meth:`step`;
+    those with peepholes override :meth:`peephole_names`.
+    """
+
+    family: ClassVar[str] = ""
+    #: names of the state tensors carried between steps; the first is the output h.
+    state_names: ClassVar[tuple[str, ...]] = ("h",)
+
+    @abc.abstractmethod
+    def gates(self) -> tuple[str, ...]:
+        """Letters of the weight blocks stacked in ``weight_ih``/``weight_hh``, in order."""
+
+    def peephole_names(self) -> tuple[str, ...]:
+        """Names of the diagonal peephole weights (``"ci"``, ``"cf"``, ``"co"``) present."""
+        return ()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for an option combination that makes no sense."""
+
+    def needs_bias(self) -> bool:
+        """Whether the options set an initial bias (so a layer without biases is an error)."""
+        return False
+
+    def init_bias(self, bias_ih: Tensor, bias_hh: Tensor, hidden_size: int) -> None:
+        """Adjust freshly initialised biases in place (default: leave torch's init)."""
+
+    @abc.abstractmethod
+    def step(
+        self,
+        gx: Tensor,
+        state: tuple[Tensor, ...],
+        w_hh: Tensor,
+        b_hh: Tensor | None,
+        peep: dict[str, Tensor],
+    ) -> tuple[Tensor, ...]:
+        """One step of the reference equations.
+
+        Args:
+            gx: ``W_ih x_t + b_ih``, the input's share of every gate, (B, G·H).  The layer
+                computes it for all steps in one product.
+            state: the previous state, one (B, H) tensor per name in ``state_names``.
+            w_hh: (G·H, H) recurrent weights; ``b_hh``: (G·H,) or ``None``.
+            peep: peephole weights by name, (H,) each.
+
+        Returns:
+            the new state; its first tensor is the step's output h_t, (B, H).
+        """
+
+    def replace(self, **changes: object) -> CellOptions:
+        """A copy with some options changed, validated; unknown names raise ``ValueError``."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown {self.family} option(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(known)) or 'none'}"
+            )
+        new = dataclasses.replace(self, **changes)
+        new.validate()
+        return new
+
+    @property
+    def num_gates(self) -> int:
+        return len(self.gates())

@@ -1,0 +1,147 @@
+"""The LSTM memory cell and its variants (reference step), one implementation with switches.
+
+In the notation of Hochreiter & Schmidhuber (1997), Gers et al. (2000, 2002) and
+Greff et al., "LSTM: A Search Space Odyssey" (2017), with a_* = W_*x x_t + b_* + W_*h h_{t-1}:
+
+    g_t = φ_in(a_g)                              input node
+    i_t = σ(a_i + p_i ⊙ s_{t-1})                 input gate        (1 if input_gate=False)
+    f_t = σ(a_f + p_f ⊙ s_{t-1})                 forget gate       (1 if forget_gate=False;
+                                                                    1 − i_t if coupled)
+    s_t = f_t ⊙ s_{t-1} + i_t ⊙ g_t              internal state: the constant error carousel
+    o_t = σ(a_o + p_o ⊙ s_t)                     output gate       (1 if output_gate=False)
+    h_t = o_t ⊙ φ_out(s_t)                       output
+
+The peephole terms p_* ⊙ s appear only with ``peepholes=True`` and only for gates that exist;
+without a forget gate s_t = s_{t-1} + i_t ⊙ g_t, the carousel with fixed self-weight 1.
+
+Weight blocks are stacked in the order i, f, g, o, leaving out the gates a variant lacks, so the
+default ``lstm`` has exactly ``torch.nn.LSTM``'s layout and ``lstm1997`` has i, g, o (G = 3).
+The state is (h, c) as in torch.nn; ``c`` is the internal state s above.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from carousel.cells.base import ACTIVATIONS, CellOptions, check_choice
+
+INPUT_ACTIVATIONS = ("tanh", "sigmoid", "identity")
+OUTPUT_ACTIVATIONS = ("tanh", "identity")
+
+
+@dataclasses.dataclass(frozen=True)
+class LSTMOptions(CellOptions):
+    """The switches of the LSTM family; the defaults give ``torch.nn.LSTM``'s cell.
+
+    Attributes:
+        forget_gate: the Gers et al. forget gate; ``False`` gives the 1997 carousel.
+        input_gate, output_gate: remove one to get Greff's NIG / NOG.
+        peepholes: diagonal weights from the state to the gates (i, f see s_{t-1}; o sees s_t).
+        coupled: f = 1 − i (CIFG); needs the input gate, and the forget block is then absent.
+        input_activation: φ_in of the input node g: tanh, sigmoid (1997), identity (NIAF).
+        output_activation: φ_out: tanh, or identity (NOAF).
+        forget_bias: initial value of the forget gate's bias (``bias_ih``'s f block; the
+            ``bias_hh`` f block starts at 0); ``None`` keeps torch's uniform initialisation.
+    """
+
+    family = "lstm"
+    state_names = ("h", "c")
+
+    forget_gate: bool = True
+    input_gate: bool = True
+    output_gate: bool = True
+    peepholes: bool = False
+    coupled: bool = False
+    input_activation: str = "tanh"
+    output_activation: str = "tanh"
+    forget_bias: float | None = None
+
+    def gates(self) -> tuple[str, ...]:
+        blocks = []
+        if self.input_gate:
+            blocks.append("i")
+        if self.forget_gate and not self.coupled:
+            blocks.append("f")
+        blocks.append("g")
+        if self.output_gate:
+            blocks.append("o")
+        return tuple(blocks)
+
+    def peephole_names(self) -> tuple[str, ...]:
+        if not self.peepholes:
+            return ()
+        # a peephole exists for each gate that exists and is computed, not derived (CIFG's f)
+        return tuple("c" + gate for gate in self.gates() if gate != "g")
+
+    def validate(self) -> None:
+        for name in ("forget_gate", "input_gate", "output_gate", "peepholes", "coupled"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be True or False; got {value!r}")
+        check_choice("input_activation", self.input_activation, INPUT_ACTIVATIONS)
+        check_choice("output_activation", self.output_activation, OUTPUT_ACTIVATIONS)
+        if self.coupled and not self.input_gate:
+            raise ValueError("coupled=True (f = 1 − i) needs input_gate=True; got input_gate=False")
+        if self.coupled and not self.forget_gate:
+            raise ValueError(
+                "coupled=True makes the forget gate 1 − i, so it needs forget_gate=True; "
+                "got forget_gate=False"
+            )
+        if self.peepholes and not self.peephole_names():
+            raise ValueError("peepholes=True needs at least one gate; this variant has none")
+        if self.forget_bias is not None:
+            if "f" not in self.gates():
+                raise ValueError(
+                    "forget_bias needs a forget gate with its own weights; this variant has "
+                    f"blocks {'/'.join(self.gates())}"
+                )
+            if not isinstance(self.forget_bias, int | float) or isinstance(self.forget_bias, bool):
+                raise ValueError(f"forget_bias must be a number or None; got {self.forget_bias!r}")
+
+    def needs_bias(self) -> bool:
+        return self.forget_bias is not None
+
+    def init_bias(self, bias_ih: Tensor, bias_hh: Tensor, hidden_size: int) -> None:
+        if self.forget_bias is None:
+            return
+        f = self.gates().index("f")
+        block = slice(f * hidden_size, (f + 1) * hidden_size)
+        bias_ih[block] = float(self.forget_bias)
+        bias_hh[block] = 0.0
+
+    def step(self, gx, state, w_hh, b_hh, peep):
+        h, s = state
+        return lstm_step(gx, h, s, w_hh, b_hh, peep, self)
+
+
+def lstm_step(
+    gx: Tensor,
+    h: Tensor,
+    s: Tensor,
+    w_hh: Tensor,
+    b_hh: Tensor | None,
+    peep: dict[str, Tensor],
+    opt: LSTMOptions,
+) -> tuple[Tensor, Tensor]:
+    """One step of the LSTM family, written as the equations in the module docstring.
+
+    gx = W_ih x_t + b_ih is (B, G·H); h, s are (B, H); returns (h_t, s_t).
+    """
+    a = dict(zip(opt.gates(), (gx + F.linear(h, w_hh, b_hh)).chunk(opt.num_gates, dim=1)))
+    one = torch.ones((), dtype=h.dtype, device=h.device)
+    g = ACTIVATIONS[opt.input_activation](a["g"])
+    i = torch.sigmoid(a["i"] + peep["ci"] * s if "ci" in peep else a["i"]) if "i" in a else one
+    if opt.coupled:
+        f = 1 - i
+    elif "f" in a:
+        f = torch.sigmoid(a["f"] + peep["cf"] * s if "cf" in peep else a["f"])
+    else:
+        f = one
+    s = f * s + i * g
+    o = torch.sigmoid(a["o"] + peep["co"] * s if "co" in peep else a["o"]) if "o" in a else one
+    h = o * ACTIVATIONS[opt.output_activation](s)
+    return h, s

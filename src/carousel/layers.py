@@ -1,0 +1,473 @@
+"""Layers: a cell run over time, in one or two directions, stacked to any depth.
+
+:class:`RecurrentLayer` owns everything that is not a cell's math: torch.nn's arguments and
+parameter layout, batch_first, unbatched input, ``PackedSequence`` and ``lengths``,
+initial and final states, dropout between layers, truncated-BPTT helpers and validation of
+everything a user passes in.  :class:`RNN`, :class:`LSTM` and :class:`GRU` only choose the cell.
+
+Shapes follow the legend in :mod:`carousel`: T, B, I, H, G, L (layers), D (directions).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from carousel.backends import LayerWeights, check_backend, select_backend
+from carousel.cells import CELLS, CellOptions, get_cell
+
+State = Tensor | tuple[Tensor, ...]
+
+
+def detach_state(state: State | None) -> State | None:
+    """Cut the graph behind a state for truncated BPTT: ``h`` or ``(h, c)`` detached."""
+    if state is None:
+        return None
+    if isinstance(state, Tensor):
+        return state.detach()
+    return tuple(s.detach() for s in state)
+
+
+def reset_state(state: State | None, reset: Tensor | Sequence[bool]) -> State | None:
+    """Zero the state of the sequences whose document ended.
+
+    Args:
+        state: ``h`` or ``(h, c)``, each (L·D, B, H).
+        reset: (B,) booleans; True zeroes that sequence's state in every layer and direction.
+    """
+    if state is None:
+        return None
+    tensors = (state,) if isinstance(state, Tensor) else tuple(state)
+    reset = torch.as_tensor(reset, device=tensors[0].device)
+    B = tensors[0].size(-2)
+    if reset.shape != (B,) or reset.dtype not in (torch.bool, torch.uint8, torch.int64):
+        raise ValueError(
+            f"reset must be a (B,) = ({B},) boolean mask; got {reset.dtype} {tuple(reset.shape)}"
+        )
+    keep = (~reset.bool()).to(tensors[0].dtype).unsqueeze(-1)  # (B, 1)
+    out = tuple(s * keep for s in tensors)
+    return out[0] if isinstance(state, Tensor) else out
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    return int(value)
+
+
+class RecurrentLayer(nn.Module):
+    """A stack of (bi)directional recurrent layers of one cell, with torch.nn's interface.
+
+    Args:
+        cell: the cell's options (an entry of :data:`carousel.CELLS`, possibly changed).
+        input_size: I, features of each input step.
+        hidden_size: H, units of each direction.
+        num_layers: L, stacked layers; layer k > 0 reads the D·H outputs of layer k − 1.
+        bias: whether each layer has ``bias_ih`` and ``bias_hh``.
+        batch_first: input and output are (B, T, ·) instead of (T, B, ·); states are not.
+        dropout: dropout on the outputs of every layer but the last, in training.
+        bidirectional: add a backward direction (suffix ``_reverse``) and concatenate.
+        backend: ``"auto"`` (fastest available), ``"reference"`` (autograd through the
+            step equations) or a registered kernel's name.
+
+    Parameters are named and shaped as in torch.nn (``weight_ih_l{k}{suffix}`` (G·H, I),
+    ``weight_hh_l{k}{suffix}`` (G·H, H), ``bias_ih_l{k}{suffix}``, ``bias_hh_l{k}{suffix}``
+    (G·H,), peepholes ``weight_c{i,f,o}_l{k}{suffix}`` (H,)), initialised uniformly in
+    ±1/√H as torch.nn does.
+    """
+
+    def __init__(
+        self,
+        cell: CellOptions,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        cell.validate()
+        self.cell = cell
+        self.input_size = _check_positive_int("input_size", input_size)
+        self.hidden_size = _check_positive_int("hidden_size", hidden_size)
+        self.num_layers = _check_positive_int("num_layers", num_layers)
+        for name, flag in (
+            ("bias", bias),
+            ("batch_first", batch_first),
+            ("bidirectional", bidirectional),
+        ):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be True or False; got {flag!r}")
+        if not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
+            raise ValueError(f"dropout must be a number in [0, 1]; got {dropout!r}")
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(
+                "dropout acts between stacked layers; with num_layers=1 it does nothing "
+                f"(got dropout={dropout})",
+                UserWarning,
+                stacklevel=2,
+            )
+        if cell.needs_bias() and not bias:
+            raise ValueError(f"{cell!r} sets an initial bias, so it needs bias=True; got False")
+        check_backend(backend)
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.backend = backend
+        self.num_directions = 2 if bidirectional else 1
+
+        G, H = cell.num_gates, self.hidden_size
+        factory = {"device": device, "dtype": dtype}
+        self._weight_names: list[list[str]] = []  # per (layer, direction), k·D + d
+        for k in range(self.num_layers):
+            layer_in = self.input_size if k == 0 else H * self.num_directions
+            for d in range(self.num_directions):
+                sfx = f"_l{k}" + ("_reverse" if d else "")
+                shapes = {f"weight_ih{sfx}": (G * H, layer_in), f"weight_hh{sfx}": (G * H, H)}
+                if bias:
+                    shapes |= {f"bias_ih{sfx}": (G * H,), f"bias_hh{sfx}": (G * H,)}
+                shapes |= {f"weight_{p}{sfx}": (H,) for p in cell.peephole_names()}
+                for name, shape in shapes.items():
+                    self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
+                self._weight_names.append(list(shapes))
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ parameters
+    def reset_parameters(self) -> None:
+        """torch.nn's initialisation, U(−1/√H, 1/√H) for every parameter, then the cell's
+        own bias adjustments (``forget_bias``)."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.uniform_(-bound, bound)
+            if self.bias:
+                for idx in range(len(self._weight_names)):
+                    w = self.layer_weights(idx)
+                    self.cell.init_bias(w.b_ih, w.b_hh, self.hidden_size)
+
+    def layer_weights(self, index: int) -> LayerWeights:
+        """The parameters of layer-direction ``index`` = k·D + d."""
+        names = self._weight_names[index]
+        params = {n.rsplit("_l", 1)[0]: getattr(self, n) for n in names}
+        return LayerWeights(
+            w_ih=params["weight_ih"],
+            w_hh=params["weight_hh"],
+            b_ih=params.get("bias_ih"),
+            b_hh=params.get("bias_hh"),
+            peep={p: params[f"weight_{p}"] for p in self.cell.peephole_names()},
+        )
+
+    def flatten_parameters(self) -> None:
+        """Kept for code written for torch.nn; carousel's parameters need no flattening."""
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input: Tensor | PackedSequence,
+        hx: State | None = None,
+        *,
+        lengths: Tensor | Sequence[int] | None = None,
+        reset: Tensor | Sequence[bool] | None = None,
+    ) -> tuple[Tensor | PackedSequence, State]:
+        """Run the stack over a batch of sequences.
+
+        Args:
+            input: (T, B, I), or (B, T, I) with ``batch_first``, or (T, I) unbatched, or a
+                ``PackedSequence`` (sorted or not).
+            hx: initial state, ``h0`` or ``(h0, c0)`` for LSTM cells, each (L·D, B, H)
+                ((L·D, H) unbatched); zeros if omitted.
+            lengths: (B,) true lengths in 1..T of a padded batch; need not be sorted.
+                Output past a sequence's length is zero and its final state is taken at its
+                last real step.
+            reset: (B,) booleans: zero ``hx`` for these sequences first (their document ended).
+
+        Returns:
+            ``(output, h_n)``, or ``(output, (h_n, c_n))`` for LSTM cells, as torch.nn:
+            output (T, B, D·H) (batch_first: (B, T, D·H); packed in, packed out) and final
+            states (L·D, B, H).
+        """
+        x, lengths, packed, unbatched = self._prepare_input(input, lengths)
+        state = self._prepare_state(hx, x, unbatched)
+        if reset is not None:
+            state = reset_state(state, reset)
+
+        finals: list[tuple[Tensor, ...]] = []
+        for k in range(self.num_layers):
+            outputs = []
+            for d in range(self.num_directions):
+                idx = k * self.num_directions + d
+                backend = select_backend(self.backend, self.cell, x)
+                out, final = backend.run(
+                    self.cell,
+                    x,
+                    tuple(s[idx] for s in state),
+                    self.layer_weights(idx),
+                    lengths,
+                    d == 1,
+                )
+                outputs.append(out)
+                finals.append(final)
+            x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)  # (T, B, D·H)
+            if self.dropout > 0 and self.training and k < self.num_layers - 1:
+                x = nn.functional.dropout(x, self.dropout, training=True)
+
+        h_n = tuple(torch.stack(parts) for parts in zip(*finals))  # each (L·D, B, H)
+        if unbatched:
+            x, h_n = x.squeeze(1), tuple(s.squeeze(1) for s in h_n)
+        output: Tensor | PackedSequence
+        if packed is not None:
+            output = _repack(x, packed)
+        else:
+            output = x.transpose(0, 1) if self.batch_first and not unbatched else x
+        return output, (h_n[0] if len(h_n) == 1 else h_n)
+
+    def _prepare_input(
+        self, input: Tensor | PackedSequence, lengths: Tensor | Sequence[int] | None
+    ) -> tuple[Tensor, Tensor | None, PackedSequence | None, bool]:
+        """Validate the input; return x (T, B, I), lengths (B,) or None, packed, unbatched."""
+        packed, unbatched = None, False
+        if isinstance(input, PackedSequence):
+            if lengths is not None:
+                raise ValueError("pass either a PackedSequence or lengths, not both")
+            packed = input
+            x, lengths = pad_packed_sequence(input)  # (T, B, I), original batch order
+            self._check_tensor("input", x)
+        elif isinstance(input, Tensor):
+            self._check_tensor("input", input)
+            if input.dim() not in (2, 3):
+                raise ValueError(
+                    "expected input of rank 3, (T, B, I) or (B, T, I) with batch_first, or "
+                    f"rank 2 (T, I) unbatched; got rank {input.dim()} with shape "
+                    f"{tuple(input.shape)}"
+                )
+            unbatched = input.dim() == 2
+            if unbatched:
+                x = input.unsqueeze(1)
+            else:
+                x = input.transpose(0, 1) if self.batch_first else input
+        else:
+            raise ValueError(
+                f"expected input to be a Tensor or PackedSequence; got {type(input).__name__}"
+            )
+        if x.size(-1) != self.input_size:
+            raise ValueError(
+                f"expected input with {self.input_size} features (input_size); got "
+                f"{x.size(-1)} (input shape {tuple(x.shape)})"
+            )
+        T, B = x.size(0), x.size(1)
+        if T == 0 or B == 0:
+            raise ValueError(f"expected at least one time step and one sequence; got T={T}, B={B}")
+        if lengths is not None:
+            lengths = _check_lengths(lengths, T, B, x.device)
+        return x, lengths, packed, unbatched
+
+    def _check_tensor(self, what: str, t: Tensor) -> None:
+        ref = self.weight_ih_l0
+        if not t.is_floating_point():
+            raise ValueError(f"expected {what} of a floating-point dtype; got {t.dtype}")
+        if t.dtype != ref.dtype:
+            raise ValueError(
+                f"expected {what} of dtype {ref.dtype} (the parameters'); got {t.dtype}"
+            )
+        if t.device != ref.device:
+            raise ValueError(
+                f"expected {what} on {ref.device} (the parameters' device); got {t.device}"
+            )
+
+    def _prepare_state(self, hx: State | None, x: Tensor, unbatched: bool) -> tuple[Tensor, ...]:
+        """Validate hx (or make zeros); return one (L·D, B, H) tensor per state name."""
+        names = self.cell.state_names
+        LD, B, H = self.num_layers * self.num_directions, x.size(1), self.hidden_size
+        if hx is None:
+            zeros = torch.zeros(LD, B, H, dtype=x.dtype, device=x.device)
+            return tuple(zeros for _ in names)
+        parts = (hx,) if isinstance(hx, Tensor) else tuple(hx)
+        if len(parts) != len(names) or not all(isinstance(p, Tensor) for p in parts):
+            want = "a tensor h0" if len(names) == 1 else "a tuple (h0, c0)"
+            raise ValueError(
+                f"expected hx to be {want} for a {self.cell.family} layer; got "
+                f"{type(hx).__name__} of {len(parts)}"
+            )
+        want_shape = (LD, H) if unbatched else (LD, B, H)
+        for name, p in zip(names, parts):
+            if tuple(p.shape) != want_shape:
+                raise ValueError(
+                    f"expected {name}0 of shape {want_shape} (L·D, {'' if unbatched else 'B, '}H);"
+                    f" got {tuple(p.shape)}"
+                )
+            self._check_tensor(f"{name}0", p)
+        return tuple(p.unsqueeze(1) for p in parts) if unbatched else parts
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if not self.bias:
+            s += ", bias=False"
+        if self.batch_first:
+            s += ", batch_first=True"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        s += f", cell={self.cell!r}"
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
+        return s
+
+
+def _check_lengths(
+    lengths: Tensor | Sequence[int], T: int, B: int, device: torch.device
+) -> Tensor | None:
+    """lengths as int64 (B,) on ``device``, or ``None`` when every sequence is T long."""
+    try:
+        lengths = torch.as_tensor(lengths)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"lengths must be B = {B} integers; got {lengths!r}") from err
+    if lengths.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise ValueError(f"lengths must be integers; got dtype {lengths.dtype}")
+    if lengths.shape != (B,):
+        raise ValueError(f"lengths must have shape (B,) = ({B},); got {tuple(lengths.shape)}")
+    lo, hi = int(lengths.min()), int(lengths.max())
+    if lo < 1 or hi > T:
+        raise ValueError(f"lengths must lie in 1..T = 1..{T}; got values from {lo} to {hi}")
+    if lo == T:
+        return None
+    return lengths.to(device=device, dtype=torch.int64)
+
+
+def _repack(x: Tensor, like: PackedSequence) -> PackedSequence:
+    """Pack x (T, B, ·) in original batch order with ``like``'s batch sizes and order."""
+    lengths = (like.batch_sizes.unsqueeze(0) > torch.arange(x.size(1)).unsqueeze(1)).sum(1)
+    order = like.sorted_indices
+    if order is not None:
+        x = x.index_select(1, order.to(x.device))
+    data = pack_padded_sequence(x, lengths, enforce_sorted=True).data
+    return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+
+
+class RNN(RecurrentLayer):
+    """Elman RNN with ``torch.nn.RNN``'s arguments: h_t = φ(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh).
+
+    ``nonlinearity`` is ``"tanh"`` (default), ``"relu"`` or ``"sigmoid"``.  Returns
+    ``(output, h_n)``.  See :class:`RecurrentLayer` for the other arguments and shapes.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        **kwargs,
+    ) -> None:
+        super().__init__(
+            get_cell("rnn", nonlinearity=nonlinearity),
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            **kwargs,
+        )
+
+
+class GRU(RecurrentLayer):
+    """GRU with ``torch.nn.GRU``'s arguments and equations.  Returns ``(output, h_n)``.
+    See :class:`RecurrentLayer` for the arguments and shapes."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        **kwargs,
+    ) -> None:
+        super().__init__(
+            get_cell("gru"),
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            **kwargs,
+        )
+
+
+class LSTM(RecurrentLayer):
+    """The LSTM family with ``torch.nn.LSTM``'s arguments.  Returns ``(output, (h_n, c_n))``.
+
+    ``variant`` names an LSTM entry of :data:`carousel.CELLS` (``"lstm"``, the default, is
+    torch.nn.LSTM's cell; ``"lstm1997"``, ``"peephole"``, ``"cifg"``, …) and keyword switches
+    change it: ``forget_gate``, ``input_gate``, ``output_gate``, ``peepholes``, ``coupled``,
+    ``input_activation``, ``output_activation``, ``forget_bias`` (see
+    :class:`carousel.cells.LSTMOptions`).  Other keywords as :class:`RecurrentLayer`.
+    """
+
+    _LAYER_KEYWORDS = ("backend", "device", "dtype")
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        variant: str = "lstm",
+        **kwargs,
+    ) -> None:
+        if variant not in CELLS or CELLS[variant].family != "lstm":
+            known = [n for n, c in CELLS.items() if c.family == "lstm"]
+            raise ValueError(f"unknown LSTM variant {variant!r}; known: {', '.join(known)}")
+        layer_kw = {k: kwargs.pop(k) for k in self._LAYER_KEYWORDS if k in kwargs}
+        super().__init__(
+            get_cell(variant, **kwargs),
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            **layer_kw,
+        )
+        self.variant = variant
+
+
+def make_layer(cell: str, input_size: int, hidden_size: int, **kwargs) -> RecurrentLayer:
+    """The layer class for registry entry ``cell`` ("rnn", "gru", "lstm1997", …), built with
+    torch.nn's arguments and, for LSTM variants, switches."""
+    if cell not in CELLS:
+        raise ValueError(f"unknown cell {cell!r}; known: {', '.join(CELLS)}")
+    family = CELLS[cell].family
+    if family == "lstm":
+        return LSTM(input_size, hidden_size, variant=cell, **kwargs)
+    return {"rnn": RNN, "gru": GRU}[family](input_size, hidden_size, **kwargs)
