@@ -138,3 +138,13 @@ def select_backend(name: str, cell: CellOptions, x: Tensor) -> Backend:
         if backend.name != "reference" and backend.supports(cell, x):
             return backend
     return BACKENDS["reference"]
+
+
+def _register_fused() -> None:
+    """The fused CPU kernels (:mod:`carousel.kernels`); they load lazily on first use."""
+    from carousel import kernels
+
+    register_backend(Backend("fused", kernels.fused_sequence, kernels.supports))
+
+
+_register_fused()

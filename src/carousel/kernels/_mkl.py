@@ -1,0 +1,131 @@
+"""MKL, the BLAS torch itself uses, called from inside numba kernels.
+
+torch's CPU library carries Intel MKL and exports its Fortran GEMM (``sgemm_``/``dgemm_``) and
+its vector math (``vsExp``/``vdExp``, ``vsTanh``/``vdTanh``, high-accuracy mode: < 1 ulp).
+We hand their addresses to LLVM by name and declare them as numba external functions, so a
+kernel can run the whole time loop in compiled code: per step one MKL GEMM (the same routine
+behind ``torch.addmm``) and vectorised exp/tanh, with no Python between steps.  Because the
+symbols are bound by name, not by address, ``cache=True`` works: the cached machine code is
+linked against the addresses registered in the current process.
+
+Importing this module raises ``OSError``/``AttributeError`` when torch carries no MKL (e.g. an
+ARM build); :mod:`carousel.kernels` then falls back to the reference path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import llvmlite.binding as llvm
+import numba
+import torch
+from numba import types
+
+_SYMBOLS = ("sgemm_", "dgemm_", "vsExp", "vdExp", "vsTanh", "vdTanh")
+
+
+def _bind() -> None:
+    path = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
+    lib = ctypes.CDLL(path)
+    for name in _SYMBOLS:
+        address = ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
+        llvm.add_symbol(name, address)
+
+
+_bind()
+
+_vp = types.voidptr
+_gemm_sig = types.void(_vp, _vp, _vp, _vp, _vp, _vp, _vp, _vp, _vp, _vp, _vp, _vp, _vp)
+_vml_sig = types.void(types.int32, _vp, _vp)
+_sgemm = types.ExternalFunction("sgemm_", _gemm_sig)
+_dgemm = types.ExternalFunction("dgemm_", _gemm_sig)
+_vsexp = types.ExternalFunction("vsExp", _vml_sig)
+_vdexp = types.ExternalFunction("vdExp", _vml_sig)
+_vstanh = types.ExternalFunction("vsTanh", _vml_sig)
+_vdtanh = types.ExternalFunction("vdTanh", _vml_sig)
+
+#: compile options shared by every kernel: accuracy first (no fastmath), numpy's error model
+#: so the inner loops vectorise, on-disk cache, and no GIL so two directions can overlap.
+JIT = {"cache": True, "error_model": "numpy", "fastmath": False, "nogil": True}
+N = ord("N")
+TR = ord("T")
+
+
+@numba.njit(**JIT)
+def gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, scratch_i, scratch_f):
+    """Row-major C (m, n) = alpha·op(A) (m, k) @ op(B) (k, n) + beta·C.
+
+    ``ta``/``tb`` are ``N`` or ``TR``; lda/ldb/ldc are row strides (elements) of the arrays
+    as stored; a, b, c are arrays whose first element is the matrix's.  Row-major C is
+    column-major Cᵀ = op(B)ᵀ op(A)ᵀ, so MKL is called with the operands swapped.
+    ``scratch_i`` (int32, ≥ 8) and ``scratch_f`` (c's dtype, ≥ 2) hold the by-reference
+    scalars Fortran wants.
+    """
+    if m == 0 or n == 0:
+        return
+    scratch_i[0] = tb  # first byte of the little-endian int32 is the character
+    scratch_i[1] = ta
+    scratch_i[2] = n
+    scratch_i[3] = m
+    scratch_i[4] = k
+    scratch_i[5] = ldb
+    scratch_i[6] = lda
+    scratch_i[7] = ldc
+    scratch_f[0] = alpha
+    scratch_f[1] = beta
+    si = scratch_i
+    if c.itemsize == 4:
+        _sgemm(
+            si[0:].ctypes,
+            si[1:].ctypes,
+            si[2:].ctypes,
+            si[3:].ctypes,
+            si[4:].ctypes,
+            scratch_f[0:].ctypes,
+            b.ctypes,
+            si[5:].ctypes,
+            a.ctypes,
+            si[6:].ctypes,
+            scratch_f[1:].ctypes,
+            c.ctypes,
+            si[7:].ctypes,
+        )
+    else:
+        _dgemm(
+            si[0:].ctypes,
+            si[1:].ctypes,
+            si[2:].ctypes,
+            si[3:].ctypes,
+            si[4:].ctypes,
+            scratch_f[0:].ctypes,
+            b.ctypes,
+            si[5:].ctypes,
+            a.ctypes,
+            si[6:].ctypes,
+            scratch_f[1:].ctypes,
+            c.ctypes,
+            si[7:].ctypes,
+        )
+
+
+@numba.njit(**JIT)
+def vexp(x, n):
+    """x[:n] = exp(x[:n]) in place (x one-dimensional, contiguous)."""
+    if n == 0:
+        return
+    if x.itemsize == 4:
+        _vsexp(n, x.ctypes, x.ctypes)
+    else:
+        _vdexp(n, x.ctypes, x.ctypes)
+
+
+@numba.njit(**JIT)
+def vtanh(x, n):
+    """x[:n] = tanh(x[:n]) in place (x one-dimensional, contiguous)."""
+    if n == 0:
+        return
+    if x.itemsize == 4:
+        _vstanh(n, x.ctypes, x.ctypes)
+    else:
+        _vdtanh(n, x.ctypes, x.ctypes)
