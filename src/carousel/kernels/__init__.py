@@ -22,7 +22,7 @@ from torch import Tensor
 
 from carousel.cells import CellOptions
 
-_FAMILIES = {"lstm": "lstm"}
+_FAMILIES = {"lstm": "lstm", "gru": "gru", "rnn": "rnn"}
 _modules: dict[str, ModuleType] = {}
 _failure: str | None = None
 _loaded = False

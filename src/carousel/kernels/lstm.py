@@ -18,7 +18,6 @@ from __future__ import annotations
 import numba
 import numpy as np
 import torch
-from torch import Tensor
 
 from carousel.cells import LSTMOptions
 from carousel.kernels._mkl import JIT, TR, N, gemm, vexp, vtanh

@@ -1,0 +1,192 @@
+"""Fused forward and hand-derived backward through time for the GRU (torch.nn.GRU's equations).
+
+The structure is the LSTM kernel's (see :mod:`carousel.kernels.lstm` and ``docs/bptt.md``,
+section GRU): input products for all steps before the loop, per step one MKL GEMM over the
+live rows and one fused elementwise pass, and the weight gradients as products over all steps.
+The GRU's candidate needs the recurrent share of n on its own (r multiplies it), so b_hn stays
+out of the input product and the backward pass keeps two gradients: dA_x for the input side
+and dA_h for the recurrent side.
+
+Shapes follow the legend in :mod:`carousel`: T, B, I, H, G = 3.
+"""
+
+from __future__ import annotations
+
+import numba
+import torch
+
+from carousel.kernels._mkl import JIT, TR, N, gemm, vexp, vtanh
+from carousel.kernels.common import Order, np_, scratch
+
+
+@numba.njit(**JIT)
+def gru_forward(gx, w_hh, b_hn, perm, lengths, nlive, rev, h, out, ghn, work, z, si, sf):
+    """The forward time loop.
+
+    gx (T, B, 3H): in, W_ih x + b_ih + (b_hr, b_hz, 0); out, the activations r, z, n.
+    w_hh (3H, H); b_hn (H,).  h (B, H): initial state in kernel order, on return the final.
+    out (T, B, H) zeros: h_t.  ghn (T, B, H): W_hn h_{t−1} + b_hn.  work (B, 3H), z (3, B·H).
+    """
+    T = gx.shape[0]
+    H = h.shape[1]
+    zr, zz, zn = z[0], z[1], z[2]
+    for t in range(T):
+        n = nlive[t]
+        gemm(N, TR, n, 3 * H, H, 1.0, h, H, w_hh, H, 0.0, work, 3 * H, si, sf)  # (n, 3H)
+        for j in range(n):
+            b = perm[j]
+            pos = t if rev == 0 else lengths[b] - 1 - t
+            row = gx[pos, b]
+            wr = work[j]
+            base = j * H
+            for k in range(H):  # (G1) (G2), arguments negated for exp
+                zr[base + k] = -(row[k] + wr[k])
+                zz[base + k] = -(row[H + k] + wr[H + k])
+        m = n * H
+        vexp(zr, m)
+        vexp(zz, m)
+        for j in range(n):
+            b = perm[j]
+            pos = t if rev == 0 else lengths[b] - 1 - t
+            row = gx[pos, b]
+            wr = work[j]
+            base = j * H
+            for k in range(H):
+                rv = 1.0 / (1.0 + zr[base + k])
+                zv = 1.0 / (1.0 + zz[base + k])
+                gh = wr[2 * H + k] + b_hn[k]
+                ghn[pos, b, k] = gh
+                zn[base + k] = row[2 * H + k] + rv * gh  # (G3)
+                row[k] = rv
+                row[H + k] = zv
+        vtanh(zn, m)
+        for j in range(n):
+            b = perm[j]
+            pos = t if rev == 0 else lengths[b] - 1 - t
+            row = gx[pos, b]
+            base = j * H
+            for k in range(H):
+                nv = zn[base + k]
+                zv = row[H + k]
+                hv = (1.0 - zv) * nv + zv * h[j, k]  # (G4)
+                row[2 * H + k] = nv
+                h[j, k] = hv
+                out[pos, b, k] = hv
+
+
+@numba.njit(**JIT)
+def gru_backward(
+    gates, ghn, out, h0, w_hh, perm, lengths, nlive, rev, dout, dh, dax, dah, hprev, dst, si, sf
+):
+    """The backward time loop (docs/bptt.md, GRU).
+
+    gates, ghn, out: saved by :func:`gru_forward`; h0 (B, H) batch order.  dout (T, B, H).
+    dh (B, H): in ∂L/∂h_n, out ∂L/∂h_0, kernel order.  dax, dah (T, B, 3H) zeros: gradients of
+    the input-side and recurrent-side pre-activations.  hprev (T, B, H) zeros.  dst (B, 3H).
+    """
+    T = gates.shape[0]
+    H = dh.shape[1]
+    for t in range(T - 1, -1, -1):
+        n = nlive[t]
+        for j in range(n):
+            b = perm[j]
+            pos = t if rev == 0 else lengths[b] - 1 - t
+            pp = pos - 1 if rev == 0 else pos + 1
+            row = gates[pos, b]
+            ax = dax[pos, b]
+            ah = dah[pos, b]
+            sr = dst[j]
+            for k in range(H):
+                hp = h0[b, k] if t == 0 else out[pp, b, k]
+                hprev[pos, b, k] = hp
+                dhv = dh[j, k] + dout[pos, b, k]  # (GB1)
+                rv = row[k]
+                zv = row[H + k]
+                nv = row[2 * H + k]
+                dan = dhv * (1.0 - zv) * (1.0 - nv * nv)  # (GB2)
+                daz = dhv * (hp - nv) * zv * (1.0 - zv)  # (GB3)
+                dar = dan * ghn[pos, b, k] * rv * (1.0 - rv)  # (GB4)
+                ax[k] = dar
+                ax[H + k] = daz
+                ax[2 * H + k] = dan
+                ah[k] = dar
+                ah[H + k] = daz
+                ah[2 * H + k] = dan * rv  # (GB5)
+                sr[k] = dar
+                sr[H + k] = daz
+                sr[2 * H + k] = dan * rv
+                dh[j, k] = dhv * zv  # (GB6), the direct path
+        gemm(N, N, n, H, 3 * H, 1.0, dst, 3 * H, w_hh, H, 1.0, dh, H, si, sf)  # (GB6) + dA_h W_hh
+
+
+class GRUFunction(torch.autograd.Function):
+    """One direction of one GRU layer over a whole sequence, fused."""
+
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
+        T, B, _ = x.shape
+        H = w_hh.shape[1]
+        dtype = x.dtype
+        order = Order(T, B, lengths)
+        x2 = x.reshape(T * B, -1)
+        bias = torch.zeros(3 * H, dtype=dtype)
+        if b_ih is not None:
+            bias += b_ih
+        b_hn = torch.zeros(H, dtype=dtype)
+        if b_hh is not None:
+            bias[: 2 * H] += b_hh[: 2 * H]
+            b_hn += b_hh[2 * H :]
+        gx = torch.addmm(bias, x2, w_ih.t()).view(T, B, 3 * H)  # all steps in one product
+        h = order.sort(h0)
+        out = torch.zeros(T, B, H, dtype=dtype)
+        ghn = torch.empty(T, B, H, dtype=dtype)
+        work = torch.empty(B, 3 * H, dtype=dtype)
+        z = torch.empty(3, B * H, dtype=dtype)
+        si, sf = scratch(dtype)
+        perm, lens, nlive = order.arrays()
+        w_hh_c = w_hh.detach().contiguous()
+        gru_forward(
+            np_(gx), np_(w_hh_c), np_(b_hn), perm, lens, nlive, int(reverse), np_(h),
+            np_(out), np_(ghn), np_(work), np_(z), si, sf,
+        )  # fmt: skip
+        ctx.save_for_backward(x, h0, w_ih, w_hh_c, gx, ghn, out)
+        ctx.order, ctx.reverse = order, reverse
+        ctx.has_bias = (b_ih is not None, b_hh is not None)
+        return out, order.unsort(h)
+
+    @staticmethod
+    def backward(ctx, dout, dh_n):
+        x, h0, w_ih, w_hh, gates, ghn, out = ctx.saved_tensors
+        order = ctx.order
+        T, B, _ = x.shape
+        H = w_hh.shape[1]
+        dtype = x.dtype
+        dh = order.sort(dh_n)
+        dax = torch.zeros(T, B, 3 * H, dtype=dtype)
+        dah = torch.zeros(T, B, 3 * H, dtype=dtype)
+        hprev = torch.zeros(T, B, H, dtype=dtype)
+        dst = torch.empty(B, 3 * H, dtype=dtype)
+        si, sf = scratch(dtype)
+        perm, lens, nlive = order.arrays()
+        gru_backward(
+            np_(gates), np_(ghn), np_(out), np_(h0.contiguous()), np_(w_hh), perm, lens, nlive,
+            int(ctx.reverse), np_(dout.contiguous()), np_(dh), np_(dax), np_(dah),
+            np_(hprev), np_(dst), si, sf,
+        )  # fmt: skip
+        nd = ctx.needs_input_grad
+        dax2, dah2 = dax.view(T * B, 3 * H), dah.view(T * B, 3 * H)
+        dx = dax2.mm(w_ih).view(T, B, -1) if nd[0] else None
+        dh0 = order.unsort(dh) if nd[1] else None
+        dw_ih = dax2.t().mm(x.reshape(T * B, -1)) if nd[2] else None
+        dw_hh = dah2.t().mm(hprev.view(T * B, H)) if nd[3] else None
+        db_ih = dax2.sum(0) if ctx.has_bias[0] and nd[4] else None
+        db_hh = dah2.sum(0) if ctx.has_bias[1] and nd[5] else None
+        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None
+
+
+def sequence(cell, x, state, weights, lengths, reverse):
+    """The fused GRU backend (the signature of ``reference_sequence``)."""
+    out, h_n = GRUFunction.apply(
+        x, state[0], weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, lengths, reverse
+    )
+    return out, (h_n,)
