@@ -48,6 +48,13 @@ def lstm_flags(opt: LSTMOptions) -> tuple[int, ...]:
 
 
 @numba.njit(**JIT)
+def _sigmoid_from_exp(z, m, one):
+    """z[:m] = 1 / (1 + z[:m]): σ(a) from z = exp(−a)."""
+    for q in range(m):
+        z[q] = one / (one + z[q])
+
+
+@numba.njit(**JIT)
 def lstm_forward(gx, w_hh, peep, flags, perm, lengths, nlive, rev, h, c, out, cs, work, z, si, sf):
     """The forward time loop.
 
@@ -55,94 +62,98 @@ def lstm_forward(gx, w_hh, peep, flags, perm, lengths, nlive, rev, h, c, out, cs
     w_hh (G·H, H); peep (3, H) rows p_i, p_f, p_o (zeros where absent).
     h, c (B, H): initial state in kernel order; on return, each sequence's final state.
     out (T, B, H) zeros: h_t.  cs (T, B, H): s_t.  work (B, G·H), z (5, B·H): scratch.
+
+    Every inner loop touches few contiguous arrays, in the arrays' dtype, so LLVM
+    vectorises it; a gate a variant lacks is a vector of ones, so the state update is one
+    expression for every variant.
     """
-    has_i, own_f, coupled, has_o, act_in, act_out, oi, of, og, oo, G = (
-        flags[0],
-        flags[1],
-        flags[2],
-        flags[3],
-        flags[4],
-        flags[5],
-        flags[6],
-        flags[7],
-        flags[8],
-        flags[9],
-        flags[10],
-    )
+    has_i, own_f, coupled, has_o = flags[0], flags[1], flags[2], flags[3]
+    act_in, act_out, G = flags[4], flags[5], flags[10]
     T = gx.shape[0]
     H = h.shape[1]
     GH = G * H
-    oi, of, og, oo = oi * H, of * H, og * H, oo * H
+    oi, of, og, oo = flags[6] * H, flags[7] * H, flags[8] * H, flags[9] * H
     zi, zf, zg, zo, zs = z[0], z[1], z[2], z[3], z[4]
     pi, pf, po = peep[0], peep[1], peep[2]
+    one = peep.dtype.type(1.0)
+    hf = h.reshape(-1)
     for t in range(T):
         n = nlive[t]
-        gemm(N, TR, n, GH, H, 1.0, h, H, w_hh, H, 0.0, work, GH, si, sf)  # (n, G·H)
-        for j in range(n):
+        m = n * H
+        gemm(N, TR, n, GH, H, 1.0, h, H, w_hh, H, 0.0, work, GH, si, sf)  # W_hh h_{t−1}
+        for j in range(n):  # (F1) a = W_ih x_t + b + W_hh h_{t−1}, and the gates' arguments
             b = perm[j]
             pos = t if rev == 0 else lengths[b] - 1 - t
             row = gx[pos, b]
             wr = work[j]
+            for k in range(GH):
+                wr[k] += row[k]
+            cj = c[j]
             base = j * H
-            for k in range(H):  # (F1) pre-activations; sigmoid arguments negated for exp
-                cp = c[j, k]
-                if has_i:
-                    zi[base + k] = -(row[oi + k] + wr[oi + k] + pi[k] * cp)
-                if own_f:
-                    zf[base + k] = -(row[of + k] + wr[of + k] + pf[k] * cp)
-                ag = row[og + k] + wr[og + k]
-                zg[base + k] = -ag if act_in == 1 else ag
-        m = n * H
-        if has_i:
+            if has_i:
+                for k in range(H):
+                    zi[base + k] = -(wr[oi + k] + pi[k] * cj[k])
+            if own_f:
+                for k in range(H):
+                    zf[base + k] = -(wr[of + k] + pf[k] * cj[k])
+            if act_in == 1:
+                for k in range(H):
+                    zg[base + k] = -wr[og + k]
+            else:
+                for k in range(H):
+                    zg[base + k] = wr[og + k]
+        if has_i:  # (F2) i = σ(a_i + p_i ⊙ s_{t−1})
             vexp(zi, m)
-        if own_f:
+            _sigmoid_from_exp(zi, m, one)
+        else:
+            zi[:m] = one
+        if own_f:  # (F3) f = σ(a_f + p_f ⊙ s_{t−1}), or 1 − i (CIFG), or 1
             vexp(zf, m)
-        if act_in == 0:
+            _sigmoid_from_exp(zf, m, one)
+        elif coupled:
+            for q in range(m):
+                zf[q] = one - zi[q]
+        else:
+            zf[:m] = one
+        if act_in == 0:  # (F4) g = φ_in(a_g)
             vtanh(zg, m)
         elif act_in == 1:
             vexp(zg, m)
-        for j in range(n):
-            b = perm[j]
-            pos = t if rev == 0 else lengths[b] - 1 - t
-            row = gx[pos, b]
-            wr = work[j]
+            _sigmoid_from_exp(zg, m, one)
+        for j in range(n):  # (F5) s_t = f ⊙ s_{t−1} + i ⊙ g
+            cj = c[j]
             base = j * H
             for k in range(H):
-                iv = 1.0 / (1.0 + zi[base + k]) if has_i else 1.0  # (F2)
-                if own_f:  # (F3)
-                    fv = 1.0 / (1.0 + zf[base + k])
-                elif coupled:
-                    fv = 1.0 - iv
-                else:
-                    fv = 1.0
-                gv = 1.0 / (1.0 + zg[base + k]) if act_in == 1 else zg[base + k]  # (F4)
-                s = fv * c[j, k] + iv * gv  # (F5)
-                c[j, k] = s
-                cs[pos, b, k] = s
-                if has_i:
-                    row[oi + k] = iv
-                if own_f:
-                    row[of + k] = fv
-                row[og + k] = gv
-                if has_o:
-                    zo[base + k] = -(row[oo + k] + wr[oo + k] + po[k] * s)
-                zs[base + k] = s
-        if has_o:
+                cj[k] = zf[base + k] * cj[k] + zi[base + k] * zg[base + k]
+            for k in range(H):
+                zs[base + k] = cj[k]
+            if has_o:
+                wr = work[j]
+                for k in range(H):
+                    zo[base + k] = -(wr[oo + k] + po[k] * cj[k])
+        if has_o:  # (F6) o = σ(a_o + p_o ⊙ s_t)
             vexp(zo, m)
+            _sigmoid_from_exp(zo, m, one)
+        else:
+            zo[:m] = one
         if act_out == 0:
             vtanh(zs, m)
-        for j in range(n):
+        for q in range(m):  # (F7) h_t = o ⊙ φ_out(s_t)
+            hf[q] = zo[q] * zs[q]
+        for j in range(n):  # keep i, f, g, o, s_t and h_t at the sequence's own position
             b = perm[j]
             pos = t if rev == 0 else lengths[b] - 1 - t
             row = gx[pos, b]
             base = j * H
-            for k in range(H):
-                ov = 1.0 / (1.0 + zo[base + k]) if has_o else 1.0  # (F6)
-                hv = ov * zs[base + k]  # (F7)
-                if has_o:
-                    row[oo + k] = ov
-                h[j, k] = hv
-                out[pos, b, k] = hv
+            if has_i:
+                row[oi : oi + H] = zi[base : base + H]
+            if own_f:
+                row[of : of + H] = zf[base : base + H]
+            row[og : og + H] = zg[base : base + H]
+            if has_o:
+                row[oo : oo + H] = zo[base : base + H]
+            cs[pos, b] = c[j]
+            out[pos, b] = h[j]
 
 
 @numba.njit(**JIT)
@@ -156,97 +167,123 @@ def lstm_backward(
     dout (T, B, H): ∂L/∂h_t from above.  dh, dc (B, H): in, ∂L/∂(h_n, c_n) in kernel order;
     out, ∂L/∂(h_0, c_0) in kernel order.  dA (T, B, G·H) zeros: ∂L/∂a, the gates'
     pre-activations.  hprev (T, B, H) zeros: h_{t−1} of each step.  dpeep (3, H) zeros: the
-    peepholes' gradients.  dst (B, G·H), z (1, B·H): scratch.
+    peepholes' gradients.  dst (B, G·H), z (11, B·H): scratch.
     """
-    has_i, own_f, coupled, has_o, act_in, act_out, oi, of, og, oo, G = (
-        flags[0],
-        flags[1],
-        flags[2],
-        flags[3],
-        flags[4],
-        flags[5],
-        flags[6],
-        flags[7],
-        flags[8],
-        flags[9],
-        flags[10],
-    )
+    has_i, own_f, coupled, has_o = flags[0], flags[1], flags[2], flags[3]
+    act_in, act_out, G = flags[4], flags[5], flags[10]
     T = gates.shape[0]
     H = dh.shape[1]
     GH = G * H
-    oi, of, og, oo = oi * H, of * H, og * H, oo * H
-    zt = z[0]
+    oi, of, og, oo = flags[6] * H, flags[7] * H, flags[8] * H, flags[9] * H
+    zphi, zsp, gi, gf, gg, go, zds, zdao, zdai, zdaf, zst = (
+        z[0], z[1], z[2], z[3], z[4], z[5], z[6], z[7], z[8], z[9], z[10],
+    )  # fmt: skip
     pi, pf, po = peep[0], peep[1], peep[2]
     dpi, dpf, dpo = dpeep[0], dpeep[1], dpeep[2]
+    one = peep.dtype.type(1.0)
+    dhf = dh.reshape(-1)
+    dcf = dc.reshape(-1)
     for t in range(T - 1, -1, -1):
         n = nlive[t]
-        for j in range(n):
-            b = perm[j]
-            pos = t if rev == 0 else lengths[b] - 1 - t
-            base = j * H
-            for k in range(H):
-                zt[base + k] = cs[pos, b, k]
-        if act_out == 0:
-            vtanh(zt, n * H)  # φ_out(s_t), recomputed rather than stored
-        for j in range(n):
+        m = n * H
+        for j in range(n):  # gather this step's saved values into contiguous rows
             b = perm[j]
             pos = t if rev == 0 else lengths[b] - 1 - t
             pp = pos - 1 if rev == 0 else pos + 1
+            base = j * H
             row = gates[pos, b]
-            da = dA[pos, b]
-            ds_row = dst[j]
+            if t == 0:
+                zsp[base : base + H] = c0[b]
+                hprev[pos, b] = h0[b]
+            else:
+                zsp[base : base + H] = cs[pp, b]
+                hprev[pos, b] = out[pp, b]
+            zst[base : base + H] = cs[pos, b]
+            if has_i:
+                gi[base : base + H] = row[oi : oi + H]
+            if own_f:
+                gf[base : base + H] = row[of : of + H]
+            gg[base : base + H] = row[og : og + H]
+            if has_o:
+                go[base : base + H] = row[oo : oo + H]
+            dhj = dh[j]
+            do = dout[pos, b]
+            for k in range(H):  # (B1) ∂L/∂h_t: from above and from step t + 1
+                dhj[k] += do[k]
+        if not has_i:
+            gi[:m] = one
+        if coupled:
+            for q in range(m):
+                gf[q] = one - gi[q]
+        elif not own_f:
+            gf[:m] = one
+        if not has_o:
+            go[:m] = one
+        zphi[:m] = zst[:m]
+        if act_out == 0:
+            vtanh(zphi, m)  # φ_out(s_t), recomputed rather than stored
+        if has_o:  # (B2) δo = δh ⊙ φ_out(s_t) ⊙ o(1 − o)
+            for q in range(m):
+                zdao[q] = dhf[q] * zphi[q] * go[q] * (one - go[q])
+        else:
+            zdao[:m] = 0.0
+        if act_out == 0:  # (B3) δs = δs_{t+1}-carry + δh ⊙ o ⊙ φ_out'(s_t) + δo ⊙ p_o
+            for q in range(m):
+                zds[q] = dcf[q] + dhf[q] * go[q] * (one - zphi[q] * zphi[q])
+        else:
+            for q in range(m):
+                zds[q] = dcf[q] + dhf[q] * go[q]
+        for j in range(n):
             base = j * H
             for k in range(H):
-                if t == 0:
-                    sp = c0[b, k]
-                    hp = h0[b, k]
-                else:
-                    sp = cs[pp, b, k]
-                    hp = out[pp, b, k]
-                hprev[pos, b, k] = hp
-                s = cs[pos, b, k]
-                phi = zt[base + k]
-                dhv = dh[j, k] + dout[pos, b, k]  # (B1)
-                iv = row[oi + k] if has_i else 1.0
-                if own_f:
-                    fv = row[of + k]
-                elif coupled:
-                    fv = 1.0 - iv
-                else:
-                    fv = 1.0
-                gv = row[og + k]
-                ov = row[oo + k] if has_o else 1.0
-                dao = dhv * phi * ov * (1.0 - ov) if has_o else 0.0  # (B2)
-                dphi = dhv * ov * (1.0 - phi * phi) if act_out == 0 else dhv * ov
-                ds = dc[j, k] + dphi + dao * po[k]  # (B3)
-                dgv = ds * iv  # (B4)
-                if act_in == 0:
-                    dag = dgv * (1.0 - gv * gv)
-                elif act_in == 1:
-                    dag = dgv * gv * (1.0 - gv)
-                else:
-                    dag = dgv
-                di = ds * gv  # (B5)
-                if coupled:
-                    di -= ds * sp
-                dai = di * iv * (1.0 - iv) if has_i else 0.0
-                daf = ds * sp * fv * (1.0 - fv) if own_f else 0.0  # (B6)
-                dc[j, k] = ds * fv + dai * pi[k] + daf * pf[k]  # (B7)
-                dpi[k] += dai * sp  # (B8)
-                dpf[k] += daf * sp
-                dpo[k] += dao * s
-                if has_i:
-                    da[oi + k] = dai
-                    ds_row[oi + k] = dai
-                if own_f:
-                    da[of + k] = daf
-                    ds_row[of + k] = daf
-                da[og + k] = dag
-                ds_row[og + k] = dag
-                if has_o:
-                    da[oo + k] = dao
-                    ds_row[oo + k] = dao
-        gemm(N, N, n, H, GH, 1.0, dst, GH, w_hh, H, 0.0, dh, H, si, sf)  # (B9) (n, H)
+                zds[base + k] += zdao[base + k] * po[k]
+        if has_i:  # (B5) δi = δs ⊙ g (− δs ⊙ s_{t−1} if f = 1 − i), δa_i = δi ⊙ i(1 − i)
+            if coupled:
+                for q in range(m):
+                    zdai[q] = zds[q] * (gg[q] - zsp[q]) * gi[q] * (one - gi[q])
+            else:
+                for q in range(m):
+                    zdai[q] = zds[q] * gg[q] * gi[q] * (one - gi[q])
+        else:
+            zdai[:m] = 0.0
+        if own_f:  # (B6) δa_f = δs ⊙ s_{t−1} ⊙ f(1 − f)
+            for q in range(m):
+                zdaf[q] = zds[q] * zsp[q] * gf[q] * (one - gf[q])
+        else:
+            zdaf[:m] = 0.0
+        for j in range(n):  # (B7) δs_{t−1} = δs ⊙ f + δa_i ⊙ p_i + δa_f ⊙ p_f
+            base = j * H
+            dcj = dc[j]
+            for k in range(H):
+                q = base + k
+                dcj[k] = zds[q] * gf[q] + zdai[q] * pi[k] + zdaf[q] * pf[k]
+            for k in range(H):  # (B8) peephole gradients
+                dpi[k] += zdai[base + k] * zsp[base + k]
+                dpf[k] += zdaf[base + k] * zsp[base + k]
+                dpo[k] += zdao[base + k] * zst[base + k]
+            sr = dst[j]
+            if act_in == 0:  # (B4) δa_g = δs ⊙ i ⊙ φ_in'(a_g)
+                for k in range(H):
+                    q = base + k
+                    sr[og + k] = zds[q] * gi[q] * (one - gg[q] * gg[q])
+            elif act_in == 1:
+                for k in range(H):
+                    q = base + k
+                    sr[og + k] = zds[q] * gi[q] * gg[q] * (one - gg[q])
+            else:
+                for k in range(H):
+                    q = base + k
+                    sr[og + k] = zds[q] * gi[q]
+            if has_i:
+                sr[oi : oi + H] = zdai[base : base + H]
+            if own_f:
+                sr[of : of + H] = zdaf[base : base + H]
+            if has_o:
+                sr[oo : oo + H] = zdao[base : base + H]
+            b = perm[j]
+            pos = t if rev == 0 else lengths[b] - 1 - t
+            dA[pos, b] = sr
+        gemm(N, N, n, H, GH, 1.0, dst, GH, w_hh, H, 0.0, dh, H, si, sf)  # (B9) δh_{t−1}
 
 
 class LSTMFunction(torch.autograd.Function):
@@ -303,7 +340,7 @@ class LSTMFunction(torch.autograd.Function):
         hprev = torch.zeros(T, B, H, dtype=dtype)
         dpeep = torch.zeros(3, H, dtype=dtype)
         dst = torch.empty(B, GH, dtype=dtype)
-        z = torch.empty(1, B * H, dtype=dtype)
+        z = torch.empty(11, B * H, dtype=dtype)
         si, sf = scratch(dtype)
         perm, lens, nlive = order.arrays()
         lstm_backward(
