@@ -70,7 +70,7 @@ def flat_weight_grads(
     the input, hprev (T, B, H) the state each step read.  ``needs`` = (x, w_ih, w_hh, bias).
     """
     T, B, GH = dA.shape
-    dA2 = dA.view(T * B, GH)
+    dA2 = dA.view(T * B, GH)  # (B10) of docs/bptt.md: one product each, over all steps
     dx = dA2.mm(w_ih).view(T, B, -1) if needs[0] else None
     dw_ih = dA2.t().mm(x.reshape(T * B, -1)) if needs[1] else None
     dw_hh = dA2.t().mm(hprev.view(T * B, -1)) if needs[2] else None

@@ -174,7 +174,7 @@ class GRUFunction(torch.autograd.Function):
             np_(hprev), np_(dst), si, sf,
         )  # fmt: skip
         nd = ctx.needs_input_grad
-        dax2, dah2 = dax.view(T * B, 3 * H), dah.view(T * B, 3 * H)
+        dax2, dah2 = dax.view(T * B, 3 * H), dah.view(T * B, 3 * H)  # (GB7), all steps at once
         dx = dax2.mm(w_ih).view(T, B, -1) if nd[0] else None
         dh0 = order.unsort(dh) if nd[1] else None
         dw_ih = dax2.t().mm(x.reshape(T * B, -1)) if nd[2] else None
