@@ -25,13 +25,17 @@ def gru_forward(gx, w_hh, b_hn, perm, lengths, nlive, rev, h, out, ghn, work, z,
 
     gx (T, B, 3H): in, W_ih x + b_ih + (b_hr, b_hz, 0); out, the activations r, z, n.
     w_hh (3H, H); b_hn (H,).  h (B, H): initial state in kernel order, on return the final.
-    out (T, B, H) zeros: h_t.  ghn (T, B, H): W_hn h_{t−1} + b_hn.  work (B, 3H), z (3, B·H).
+    out (T, B, H) zeros: h_t.  ghn (T, B, H): W_hn h_{t−1} + b_hn.  work (B, 3H), z (4, B·H).
+    Short loops over contiguous rows, in the arrays' dtype, so that they vectorise.
     """
     T = gx.shape[0]
     H = h.shape[1]
-    zr, zz, zn = z[0], z[1], z[2]
+    zr, zz, zn, zgh = z[0], z[1], z[2], z[3]
+    one = b_hn.dtype.type(1.0)
+    hf = h.reshape(-1)
     for t in range(T):
         n = nlive[t]
+        m = n * H
         gemm(N, TR, n, 3 * H, H, 1.0, h, H, w_hh, H, 0.0, work, 3 * H, si, sf)  # (n, 3H)
         for j in range(n):
             b = perm[j]
@@ -39,84 +43,101 @@ def gru_forward(gx, w_hh, b_hn, perm, lengths, nlive, rev, h, out, ghn, work, z,
             row = gx[pos, b]
             wr = work[j]
             base = j * H
+            for k in range(2 * H):
+                wr[k] += row[k]
             for k in range(H):  # (G1) (G2), arguments negated for exp
-                zr[base + k] = -(row[k] + wr[k])
-                zz[base + k] = -(row[H + k] + wr[H + k])
-        m = n * H
+                zr[base + k] = -wr[k]
+            for k in range(H):
+                zz[base + k] = -wr[H + k]
+            for k in range(H):
+                zgh[base + k] = wr[2 * H + k] + b_hn[k]
+            zn[base : base + H] = row[2 * H : 3 * H]
         vexp(zr, m)
         vexp(zz, m)
-        for j in range(n):
-            b = perm[j]
-            pos = t if rev == 0 else lengths[b] - 1 - t
-            row = gx[pos, b]
-            wr = work[j]
-            base = j * H
-            for k in range(H):
-                rv = 1.0 / (1.0 + zr[base + k])
-                zv = 1.0 / (1.0 + zz[base + k])
-                gh = wr[2 * H + k] + b_hn[k]
-                ghn[pos, b, k] = gh
-                zn[base + k] = row[2 * H + k] + rv * gh  # (G3)
-                row[k] = rv
-                row[H + k] = zv
+        for q in range(m):
+            zr[q] = one / (one + zr[q])
+        for q in range(m):
+            zz[q] = one / (one + zz[q])
+        for q in range(m):  # (G3)
+            zn[q] += zr[q] * zgh[q]
         vtanh(zn, m)
+        for q in range(m):  # (G4)
+            hf[q] = (one - zz[q]) * zn[q] + zz[q] * hf[q]
         for j in range(n):
             b = perm[j]
             pos = t if rev == 0 else lengths[b] - 1 - t
             row = gx[pos, b]
             base = j * H
-            for k in range(H):
-                nv = zn[base + k]
-                zv = row[H + k]
-                hv = (1.0 - zv) * nv + zv * h[j, k]  # (G4)
-                row[2 * H + k] = nv
-                h[j, k] = hv
-                out[pos, b, k] = hv
+            row[0:H] = zr[base : base + H]
+            row[H : 2 * H] = zz[base : base + H]
+            row[2 * H : 3 * H] = zn[base : base + H]
+            ghn[pos, b] = zgh[base : base + H]
+            out[pos, b] = h[j]
 
 
 @numba.njit(**JIT)
 def gru_backward(
-    gates, ghn, out, h0, w_hh, perm, lengths, nlive, rev, dout, dh, dax, dah, hprev, dst, si, sf
+    gates, ghn, out, h0, w_hh, perm, lengths, nlive, rev, dout, dh, dax, dah, hprev, dst, z, si, sf
 ):
     """The backward time loop (docs/bptt.md, GRU).
 
     gates, ghn, out: saved by :func:`gru_forward`; h0 (B, H) batch order.  dout (T, B, H).
     dh (B, H): in ∂L/∂h_n, out ∂L/∂h_0, kernel order.  dax, dah (T, B, 3H) zeros: gradients of
-    the input-side and recurrent-side pre-activations.  hprev (T, B, H) zeros.  dst (B, 3H).
+    the input-side and recurrent-side pre-activations.  hprev (T, B, H) zeros.  dst (B, 3H),
+    z (9, B·H): scratch.
     """
     T = gates.shape[0]
     H = dh.shape[1]
+    gr, gz, gn, zgh, zhp, dan, daz, dar, dahn = (
+        z[0], z[1], z[2], z[3], z[4], z[5], z[6], z[7], z[8],
+    )  # fmt: skip
+    one = dh.dtype.type(1.0)
+    dhf = dh.reshape(-1)
     for t in range(T - 1, -1, -1):
         n = nlive[t]
-        for j in range(n):
+        m = n * H
+        for j in range(n):  # gather this step's saved values into contiguous rows
             b = perm[j]
             pos = t if rev == 0 else lengths[b] - 1 - t
             pp = pos - 1 if rev == 0 else pos + 1
             row = gates[pos, b]
-            ax = dax[pos, b]
-            ah = dah[pos, b]
+            base = j * H
+            gr[base : base + H] = row[0:H]
+            gz[base : base + H] = row[H : 2 * H]
+            gn[base : base + H] = row[2 * H : 3 * H]
+            zgh[base : base + H] = ghn[pos, b]
+            if t == 0:
+                zhp[base : base + H] = h0[b]
+            else:
+                zhp[base : base + H] = out[pp, b]
+            hprev[pos, b] = zhp[base : base + H]
+            dhj = dh[j]
+            do = dout[pos, b]
+            for k in range(H):  # (GB1)
+                dhj[k] += do[k]
+        for q in range(m):  # (GB2)
+            dan[q] = dhf[q] * (one - gz[q]) * (one - gn[q] * gn[q])
+        for q in range(m):  # (GB3)
+            daz[q] = dhf[q] * (zhp[q] - gn[q]) * gz[q] * (one - gz[q])
+        for q in range(m):  # (GB4)
+            dar[q] = dan[q] * zgh[q] * gr[q] * (one - gr[q])
+        for q in range(m):  # (GB5) the recurrent side of n
+            dahn[q] = dan[q] * gr[q]
+        for q in range(m):  # (GB6), the direct path
+            dhf[q] = dhf[q] * gz[q]
+        for j in range(n):
+            b = perm[j]
+            pos = t if rev == 0 else lengths[b] - 1 - t
+            base = j * H
             sr = dst[j]
-            for k in range(H):
-                hp = h0[b, k] if t == 0 else out[pp, b, k]
-                hprev[pos, b, k] = hp
-                dhv = dh[j, k] + dout[pos, b, k]  # (GB1)
-                rv = row[k]
-                zv = row[H + k]
-                nv = row[2 * H + k]
-                dan = dhv * (1.0 - zv) * (1.0 - nv * nv)  # (GB2)
-                daz = dhv * (hp - nv) * zv * (1.0 - zv)  # (GB3)
-                dar = dan * ghn[pos, b, k] * rv * (1.0 - rv)  # (GB4)
-                ax[k] = dar
-                ax[H + k] = daz
-                ax[2 * H + k] = dan
-                ah[k] = dar
-                ah[H + k] = daz
-                ah[2 * H + k] = dan * rv  # (GB5)
-                sr[k] = dar
-                sr[H + k] = daz
-                sr[2 * H + k] = dan * rv
-                dh[j, k] = dhv * zv  # (GB6), the direct path
-        gemm(N, N, n, H, 3 * H, 1.0, dst, 3 * H, w_hh, H, 1.0, dh, H, si, sf)  # (GB6) + dA_h W_hh
+            sr[0:H] = dar[base : base + H]
+            sr[H : 2 * H] = daz[base : base + H]
+            sr[2 * H : 3 * H] = dahn[base : base + H]
+            dah[pos, b] = sr
+            ax = dax[pos, b]
+            ax[0 : 2 * H] = sr[0 : 2 * H]
+            ax[2 * H : 3 * H] = dan[base : base + H]
+        gemm(N, N, n, H, 3 * H, 1.0, dst, 3 * H, w_hh, H, 1.0, dh, H, si, sf)  # (GB6) + δA_h W_hh
 
 
 class GRUFunction(torch.autograd.Function):
@@ -141,7 +162,7 @@ class GRUFunction(torch.autograd.Function):
         out = torch.zeros(T, B, H, dtype=dtype)
         ghn = torch.empty(T, B, H, dtype=dtype)
         work = torch.empty(B, 3 * H, dtype=dtype)
-        z = torch.empty(3, B * H, dtype=dtype)
+        z = torch.empty(4, B * H, dtype=dtype)
         si, sf = scratch(dtype)
         perm, lens, nlive = order.arrays()
         w_hh_c = w_hh.detach().contiguous()
@@ -166,12 +187,13 @@ class GRUFunction(torch.autograd.Function):
         dah = torch.zeros(T, B, 3 * H, dtype=dtype)
         hprev = torch.zeros(T, B, H, dtype=dtype)
         dst = torch.empty(B, 3 * H, dtype=dtype)
+        z = torch.empty(9, B * H, dtype=dtype)
         si, sf = scratch(dtype)
         perm, lens, nlive = order.arrays()
         gru_backward(
             np_(gates), np_(ghn), np_(out), np_(h0.contiguous()), np_(w_hh), perm, lens, nlive,
             int(ctx.reverse), np_(dout.contiguous()), np_(dh), np_(dax), np_(dah),
-            np_(hprev), np_(dst), si, sf,
+            np_(hprev), np_(dst), np_(z), si, sf,
         )  # fmt: skip
         nd = ctx.needs_input_grad
         dax2, dah2 = dax.view(T * B, 3 * H), dah.view(T * B, 3 * H)  # (GB7), all steps at once

@@ -26,58 +26,83 @@ def rnn_forward(gx, w_hh, phi, perm, lengths, nlive, rev, h, out, work, z, si, s
     T = gx.shape[0]
     H = h.shape[1]
     za = z[0]
+    one = h.dtype.type(1.0)
+    zero = h.dtype.type(0.0)
+    hf = h.reshape(-1)
     for t in range(T):
         n = nlive[t]
+        m = n * H
         gemm(N, TR, n, H, H, 1.0, h, H, w_hh, H, 0.0, work, H, si, sf)  # (n, H)
-        for j in range(n):
+        for j in range(n):  # (R1) a = W_ih x_t + b + W_hh h_{t−1}
             b = perm[j]
             pos = t if rev == 0 else lengths[b] - 1 - t
+            row = gx[pos, b]
+            wr = work[j]
             base = j * H
-            for k in range(H):  # (R1)
-                a = gx[pos, b, k] + work[j, k]
-                za[base + k] = -a if phi == 1 else a
+            if phi == 1:
+                for k in range(H):
+                    za[base + k] = -(row[k] + wr[k])
+            else:
+                for k in range(H):
+                    za[base + k] = row[k] + wr[k]
         if phi == 0:
-            vtanh(za, n * H)
+            vtanh(za, m)
+            hf[:m] = za[:m]
         elif phi == 1:
-            vexp(za, n * H)
+            vexp(za, m)
+            for q in range(m):
+                hf[q] = one / (one + za[q])
+        else:
+            for q in range(m):
+                hf[q] = max(za[q], zero)
         for j in range(n):
             b = perm[j]
             pos = t if rev == 0 else lengths[b] - 1 - t
-            base = j * H
-            for k in range(H):
-                a = za[base + k]
-                if phi == 1:
-                    a = 1.0 / (1.0 + a)
-                elif phi == 2:
-                    a = max(a, 0.0)
-                h[j, k] = a
-                out[pos, b, k] = a
+            out[pos, b] = h[j]
 
 
 @numba.njit(**JIT)
-def rnn_backward(out, h0, w_hh, phi, perm, lengths, nlive, rev, dout, dh, dA, hprev, dst, si, sf):
+def rnn_backward(
+    out, h0, w_hh, phi, perm, lengths, nlive, rev, dout, dh, dA, hprev, dst, z, si, sf
+):
     """dh (B, H): in ∂L/∂h_n, out ∂L/∂h_0 (kernel order).  dA (T, B, H) zeros: ∂L/∂a.
-    hprev (T, B, H) zeros: h_{t−1} of each step.  dst (B, H): scratch."""
+    hprev (T, B, H) zeros: h_{t−1} of each step.  dst (B, H), z (1, B·H): scratch."""
     T = out.shape[0]
     H = dh.shape[1]
+    zh = z[0]
+    one = dh.dtype.type(1.0)
+    zero = dh.dtype.type(0.0)
+    dhf = dh.reshape(-1)
+    dsf = dst.reshape(-1)
     for t in range(T - 1, -1, -1):
         n = nlive[t]
+        m = n * H
         for j in range(n):
             b = perm[j]
             pos = t if rev == 0 else lengths[b] - 1 - t
             pp = pos - 1 if rev == 0 else pos + 1
-            for k in range(H):
-                hprev[pos, b, k] = h0[b, k] if t == 0 else out[pp, b, k]
-                dhv = dh[j, k] + dout[pos, b, k]  # (RB1)
-                hv = out[pos, b, k]
-                if phi == 0:  # (RB2)
-                    da = dhv * (1.0 - hv * hv)
-                elif phi == 1:
-                    da = dhv * hv * (1.0 - hv)
-                else:
-                    da = dhv if hv > 0.0 else 0.0
-                dA[pos, b, k] = da
-                dst[j, k] = da
+            if t == 0:
+                hprev[pos, b] = h0[b]
+            else:
+                hprev[pos, b] = out[pp, b]
+            zh[j * H : (j + 1) * H] = out[pos, b]
+            dhj = dh[j]
+            do = dout[pos, b]
+            for k in range(H):  # (RB1)
+                dhj[k] += do[k]
+        if phi == 0:  # (RB2)
+            for q in range(m):
+                dsf[q] = dhf[q] * (one - zh[q] * zh[q])
+        elif phi == 1:
+            for q in range(m):
+                dsf[q] = dhf[q] * zh[q] * (one - zh[q])
+        else:
+            for q in range(m):
+                dsf[q] = dhf[q] if zh[q] > zero else zero
+        for j in range(n):
+            b = perm[j]
+            pos = t if rev == 0 else lengths[b] - 1 - t
+            dA[pos, b] = dst[j]
         gemm(N, N, n, H, H, 1.0, dst, H, w_hh, H, 0.0, dh, H, si, sf)  # (RB3)
 
 
@@ -121,12 +146,13 @@ class RNNFunction(torch.autograd.Function):
         dA = torch.zeros(T, B, H, dtype=dtype)
         hprev = torch.zeros(T, B, H, dtype=dtype)
         dst = torch.empty(B, H, dtype=dtype)
+        z = torch.empty(1, B * H, dtype=dtype)
         si, sf = scratch(dtype)
         perm, lens, nlive = order.arrays()
         rnn_backward(
             np_(out), np_(h0.contiguous()), np_(w_hh), ctx.phi, perm, lens, nlive,
             int(ctx.reverse), np_(dout.contiguous()), np_(dh), np_(dA), np_(hprev), np_(dst),
-            si, sf,
+            np_(z), si, sf,
         )  # fmt: skip
         nd = ctx.needs_input_grad
         dx, dw_ih, dw_hh, db = flat_weight_grads(
