@@ -120,12 +120,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--backend", default="auto", choices=carousel.backends.backend_names())
     parser.add_argument("--loop", action="store_true", help="also time the reference loop")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--output", default=None, help="write the table into this file")
     args = parser.parse_args()
     for name in args.cells:
         if name not in carousel.CELLS:
             parser.error(f"unknown cell {name!r}; known: {', '.join(carousel.CELLS)}")
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     load_before = load()
     head = (
         f"machine: {machine()}; torch {torch.__version__} ({torch.get_num_threads()} threads), "

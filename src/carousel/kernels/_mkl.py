@@ -22,7 +22,15 @@ import numba
 import torch
 from numba import types
 
-_SYMBOLS = ("sgemm_", "dgemm_", "vsExp", "vdExp", "vsTanh", "vdTanh")
+_SYMBOLS = (
+    "sgemm_",
+    "dgemm_",
+    "vsExp",
+    "vdExp",
+    "vsTanh",
+    "vdTanh",
+    "MKL_Set_Num_Threads_Local",
+)
 
 
 def _bind() -> None:
@@ -44,6 +52,7 @@ _vsexp = types.ExternalFunction("vsExp", _vml_sig)
 _vdexp = types.ExternalFunction("vdExp", _vml_sig)
 _vstanh = types.ExternalFunction("vsTanh", _vml_sig)
 _vdtanh = types.ExternalFunction("vdTanh", _vml_sig)
+_set_threads_local = types.ExternalFunction("MKL_Set_Num_Threads_Local", types.int32(types.int32))
 
 #: compile options shared by every kernel: accuracy first (no fastmath), numpy's error model
 #: so the inner loops vectorise, on-disk cache, and no GIL so two directions can overlap.
@@ -107,6 +116,25 @@ def gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, scratch_i, scratc
             c.ctypes,
             si[7:].ctypes,
         )
+
+
+#: per-step products smaller than this many multiply-adds run on one MKL thread: waking a
+#: second thread costs more than it saves there, and far more on a busy machine.
+SERIAL_STEP_MACS = 1 << 22
+
+
+@numba.njit(**JIT)
+def step_threads(n, m, k):
+    """Set this thread's MKL threads for per-step (n, m, k) products; returns the old
+    setting for :func:`restore_threads`."""
+    if n * m * k < SERIAL_STEP_MACS:
+        return _set_threads_local(1)
+    return _set_threads_local(0)
+
+
+@numba.njit(**JIT)
+def restore_threads(old):
+    _set_threads_local(old)
 
 
 @numba.njit(**JIT)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numba
 import torch
 
-from carousel.kernels._mkl import JIT, TR, N, gemm, vexp, vtanh
+from carousel.kernels._mkl import JIT, TR, N, gemm, restore_threads, step_threads, vexp, vtanh
 from carousel.kernels.common import Order, np_, scratch
 
 
@@ -33,6 +33,7 @@ def gru_forward(gx, w_hh, b_hn, perm, lengths, nlive, rev, h, out, ghn, work, z,
     zr, zz, zn, zgh = z[0], z[1], z[2], z[3]
     one = b_hn.dtype.type(1.0)
     hf = h.reshape(-1)
+    old_threads = step_threads(nlive[0], 3 * H, H)
     for t in range(T):
         n = nlive[t]
         m = n * H
@@ -73,6 +74,7 @@ def gru_forward(gx, w_hh, b_hn, perm, lengths, nlive, rev, h, out, ghn, work, z,
             row[2 * H : 3 * H] = zn[base : base + H]
             ghn[pos, b] = zgh[base : base + H]
             out[pos, b] = h[j]
+    restore_threads(old_threads)
 
 
 @numba.njit(**JIT)
@@ -93,6 +95,7 @@ def gru_backward(
     )  # fmt: skip
     one = dh.dtype.type(1.0)
     dhf = dh.reshape(-1)
+    old_threads = step_threads(nlive[0], 3 * H, H)
     for t in range(T - 1, -1, -1):
         n = nlive[t]
         m = n * H
@@ -138,6 +141,7 @@ def gru_backward(
             ax[0 : 2 * H] = sr[0 : 2 * H]
             ax[2 * H : 3 * H] = dan[base : base + H]
         gemm(N, N, n, H, 3 * H, 1.0, dst, 3 * H, w_hh, H, 1.0, dh, H, si, sf)  # (GB6) + δA_h W_hh
+    restore_threads(old_threads)
 
 
 class GRUFunction(torch.autograd.Function):

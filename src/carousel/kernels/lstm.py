@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from carousel.cells import LSTMOptions
-from carousel.kernels._mkl import JIT, TR, N, gemm, vexp, vtanh
+from carousel.kernels._mkl import JIT, TR, N, gemm, restore_threads, step_threads, vexp, vtanh
 from carousel.kernels.common import Order, flat_weight_grads, np_, scratch
 
 _ACT_IN = {"tanh": 0, "sigmoid": 1, "identity": 2}
@@ -77,6 +77,7 @@ def lstm_forward(gx, w_hh, peep, flags, perm, lengths, nlive, rev, h, c, out, cs
     pi, pf, po = peep[0], peep[1], peep[2]
     one = peep.dtype.type(1.0)
     hf = h.reshape(-1)
+    old_threads = step_threads(nlive[0], GH, H)
     for t in range(T):
         n = nlive[t]
         m = n * H
@@ -154,6 +155,7 @@ def lstm_forward(gx, w_hh, peep, flags, perm, lengths, nlive, rev, h, c, out, cs
                 row[oo : oo + H] = zo[base : base + H]
             cs[pos, b] = c[j]
             out[pos, b] = h[j]
+    restore_threads(old_threads)
 
 
 @numba.njit(**JIT)
@@ -183,6 +185,7 @@ def lstm_backward(
     one = peep.dtype.type(1.0)
     dhf = dh.reshape(-1)
     dcf = dc.reshape(-1)
+    old_threads = step_threads(nlive[0], GH, H)
     for t in range(T - 1, -1, -1):
         n = nlive[t]
         m = n * H
@@ -284,6 +287,7 @@ def lstm_backward(
             pos = t if rev == 0 else lengths[b] - 1 - t
             dA[pos, b] = sr
         gemm(N, N, n, H, GH, 1.0, dst, GH, w_hh, H, 0.0, dh, H, si, sf)  # (B9) δh_{t−1}
+    restore_threads(old_threads)
 
 
 class LSTMFunction(torch.autograd.Function):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numba
 import torch
 
-from carousel.kernels._mkl import JIT, TR, N, gemm, vexp, vtanh
+from carousel.kernels._mkl import JIT, TR, N, gemm, restore_threads, step_threads, vexp, vtanh
 from carousel.kernels.common import Order, flat_weight_grads, np_, scratch
 
 _PHI = {"tanh": 0, "sigmoid": 1, "relu": 2}
@@ -29,6 +29,7 @@ def rnn_forward(gx, w_hh, phi, perm, lengths, nlive, rev, h, out, work, z, si, s
     one = h.dtype.type(1.0)
     zero = h.dtype.type(0.0)
     hf = h.reshape(-1)
+    old_threads = step_threads(nlive[0], H, H)
     for t in range(T):
         n = nlive[t]
         m = n * H
@@ -59,6 +60,7 @@ def rnn_forward(gx, w_hh, phi, perm, lengths, nlive, rev, h, out, work, z, si, s
             b = perm[j]
             pos = t if rev == 0 else lengths[b] - 1 - t
             out[pos, b] = h[j]
+    restore_threads(old_threads)
 
 
 @numba.njit(**JIT)
@@ -74,6 +76,7 @@ def rnn_backward(
     zero = dh.dtype.type(0.0)
     dhf = dh.reshape(-1)
     dsf = dst.reshape(-1)
+    old_threads = step_threads(nlive[0], H, H)
     for t in range(T - 1, -1, -1):
         n = nlive[t]
         m = n * H
@@ -104,6 +107,7 @@ def rnn_backward(
             pos = t if rev == 0 else lengths[b] - 1 - t
             dA[pos, b] = dst[j]
         gemm(N, N, n, H, H, 1.0, dst, H, w_hh, H, 0.0, dh, H, si, sf)  # (RB3)
+    restore_threads(old_threads)
 
 
 class RNNFunction(torch.autograd.Function):
