@@ -157,3 +157,12 @@ def test_fallback_warns_once_and_runs_reference(monkeypatch):
     ref = carousel.GRU(3, 4, backend="reference")
     ref.load_state_dict(layer.state_dict())
     torch.testing.assert_close(y, ref(x)[0], rtol=0, atol=0)
+
+
+def test_second_derivatives_are_refused_not_wrong():
+    layer = carousel.LSTM(3, 4)
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    y, _ = layer(x)
+    (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"once_differentiable|does not require grad"):
+        gx.sum().backward()

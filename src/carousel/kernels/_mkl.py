@@ -8,6 +8,9 @@ behind ``torch.addmm``) and vectorised exp/tanh, with no Python between steps.  
 symbols are bound by name, not by address, ``cache=True`` works: the cached machine code is
 linked against the addresses registered in the current process.
 
+numba's cache checks only the caller's source file: after editing this module, delete
+``src/carousel/kernels/__pycache__`` so the kernels that call it are compiled afresh.
+
 Importing this module raises ``OSError``/``AttributeError`` when torch carries no MKL (e.g. an
 ARM build); :mod:`carousel.kernels` then falls back to the reference path.
 """

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numba
 import torch
+from torch.autograd.function import once_differentiable
 
 from carousel.kernels._mkl import JIT, TR, N, gemm, restore_threads, step_threads, vexp, vtanh
 from carousel.kernels.common import Order, np_, scratch
@@ -180,6 +181,7 @@ class GRUFunction(torch.autograd.Function):
         return out, order.unsort(h)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dout, dh_n):
         x, h0, w_ih, w_hh, gates, ghn, out = ctx.saved_tensors
         order = ctx.order

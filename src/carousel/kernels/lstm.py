@@ -18,6 +18,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 from carousel.cells import LSTMOptions
 from carousel.kernels._mkl import JIT, TR, N, gemm, restore_threads, step_threads, vexp, vtanh
@@ -332,6 +333,7 @@ class LSTMFunction(torch.autograd.Function):
         return out, h_n, c_n
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dout, dh_n, dc_n):
         x, h0, c0, w_ih, w_hh, gates, cs, out, peep = ctx.saved_tensors
         order = ctx.order

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numba
 import torch
+from torch.autograd.function import once_differentiable
 
 from carousel.kernels._mkl import JIT, TR, N, gemm, restore_threads, step_threads, vexp, vtanh
 from carousel.kernels.common import Order, flat_weight_grads, np_, scratch
@@ -140,6 +141,7 @@ class RNNFunction(torch.autograd.Function):
         return out, order.unsort(h)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dout, dh_n):
         x, h0, w_ih, w_hh, out = ctx.saved_tensors
         order = ctx.order
