@@ -83,8 +83,9 @@ def load() -> str:
     return "{:.2f}, {:.2f}, {:.2f}".format(*os.getloadavg())
 
 
-def write_section(path: str, text: str) -> None:
-    """Replace (or append) the ``## Cells`` section of ``path``; temp file + rename."""
+def write_section(path: str, text: str, append: bool = False) -> None:
+    """Replace the ``## Cells`` section of ``path`` with ``text`` (or, with ``append``, add
+    ``text`` without its heading at the section's end); temp file + rename."""
     try:
         with open(path, encoding="utf-8") as f:
             old = f.read()
@@ -99,6 +100,9 @@ def write_section(path: str, text: str) -> None:
             (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
         )
         tail = "".join(lines[end:])
+        if append:
+            body = "".join(lines[start:end]).rstrip("\n") + "\n\n"
+            text = body + text.split("\n", 2)[2]
         new = "".join(lines[:start]) + text + ("\n" + tail if tail else "")
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".bench-", suffix=".md")
@@ -122,6 +126,9 @@ def main() -> None:
     parser.add_argument("--loop", action="store_true", help="also time the reference loop")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--output", default=None, help="write the table into this file")
+    parser.add_argument(
+        "--append", action="store_true", help="add to the ## Cells section instead of replacing"
+    )
     args = parser.parse_args()
     for name in args.cells:
         if name not in carousel.CELLS:
@@ -186,7 +193,7 @@ def main() -> None:
             "alternating, so the ratios hold better than the absolute times).\n\n"
             f"{header}\n{rule}\n" + "\n".join(rows) + "\n"
         )
-        write_section(args.output, text)
+        write_section(args.output, text, args.append)
         print(f"wrote the {SECTION!r} section of {args.output}")
 
 
