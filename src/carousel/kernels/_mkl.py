@@ -141,6 +141,14 @@ def restore_threads(old):
 
 
 @numba.njit(**JIT)
+def copy(dst, d0, src, s0, n):
+    """dst[d0 : d0 + n] = src[s0 : s0 + n] for one-dimensional arrays, as a plain loop
+    (numba's slice assignment checks for overlap and is slow on short rows)."""
+    for k in range(n):
+        dst[d0 + k] = src[s0 + k]
+
+
+@numba.njit(**JIT)
 def vexp(x, n):
     """x[:n] = exp(x[:n]) in place (x one-dimensional, contiguous)."""
     if n == 0:

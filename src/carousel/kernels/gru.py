@@ -16,7 +16,7 @@ import numba
 import torch
 from torch.autograd.function import once_differentiable
 
-from carousel.kernels._mkl import JIT, TR, N, gemm, restore_threads, step_threads, vexp, vtanh
+from carousel.kernels._mkl import JIT, TR, N, copy, gemm, restore_threads, step_threads, vexp, vtanh
 from carousel.kernels.common import Order, np_, scratch
 
 
@@ -53,7 +53,7 @@ def gru_forward(gx, w_hh, b_hn, perm, lengths, nlive, rev, h, out, ghn, work, z,
                 zz[base + k] = -wr[H + k]
             for k in range(H):
                 zgh[base + k] = wr[2 * H + k] + b_hn[k]
-            zn[base : base + H] = row[2 * H : 3 * H]
+            copy(zn, base, row, 2 * H, H)
         vexp(zr, m)
         vexp(zz, m)
         for q in range(m):
@@ -70,11 +70,11 @@ def gru_forward(gx, w_hh, b_hn, perm, lengths, nlive, rev, h, out, ghn, work, z,
             pos = t if rev == 0 else lengths[b] - 1 - t
             row = gx[pos, b]
             base = j * H
-            row[0:H] = zr[base : base + H]
-            row[H : 2 * H] = zz[base : base + H]
-            row[2 * H : 3 * H] = zn[base : base + H]
-            ghn[pos, b] = zgh[base : base + H]
-            out[pos, b] = h[j]
+            copy(row, 0, zr, base, H)
+            copy(row, H, zz, base, H)
+            copy(row, 2 * H, zn, base, H)
+            copy(ghn[pos, b], 0, zgh, base, H)
+            copy(out[pos, b], 0, h[j], 0, H)
     restore_threads(old_threads)
 
 
@@ -106,15 +106,15 @@ def gru_backward(
             pp = pos - 1 if rev == 0 else pos + 1
             row = gates[pos, b]
             base = j * H
-            gr[base : base + H] = row[0:H]
-            gz[base : base + H] = row[H : 2 * H]
-            gn[base : base + H] = row[2 * H : 3 * H]
-            zgh[base : base + H] = ghn[pos, b]
+            copy(gr, base, row, 0, H)
+            copy(gz, base, row, H, H)
+            copy(gn, base, row, 2 * H, H)
+            copy(zgh, base, ghn[pos, b], 0, H)
             if t == 0:
-                zhp[base : base + H] = h0[b]
+                copy(zhp, base, h0[b], 0, H)
             else:
-                zhp[base : base + H] = out[pp, b]
-            hprev[pos, b] = zhp[base : base + H]
+                copy(zhp, base, out[pp, b], 0, H)
+            copy(hprev[pos, b], 0, zhp, base, H)
             dhj = dh[j]
             do = dout[pos, b]
             for k in range(H):  # (GB1)
@@ -134,13 +134,13 @@ def gru_backward(
             pos = t if rev == 0 else lengths[b] - 1 - t
             base = j * H
             sr = dst[j]
-            sr[0:H] = dar[base : base + H]
-            sr[H : 2 * H] = daz[base : base + H]
-            sr[2 * H : 3 * H] = dahn[base : base + H]
+            copy(sr, 0, dar, base, H)
+            copy(sr, H, daz, base, H)
+            copy(sr, 2 * H, dahn, base, H)
             dah[pos, b] = sr
             ax = dax[pos, b]
-            ax[0 : 2 * H] = sr[0 : 2 * H]
-            ax[2 * H : 3 * H] = dan[base : base + H]
+            copy(ax, 0, sr, 0, 2 * H)
+            copy(ax, 2 * H, dan, base, H)
         gemm(N, N, n, H, 3 * H, 1.0, dst, 3 * H, w_hh, H, 1.0, dh, H, si, sf)  # (GB6) + δA_h W_hh
     restore_threads(old_threads)
 

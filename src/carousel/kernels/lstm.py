@@ -21,7 +21,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from carousel.cells import LSTMOptions
-from carousel.kernels._mkl import JIT, TR, N, gemm, restore_threads, step_threads, vexp, vtanh
+from carousel.kernels._mkl import JIT, TR, N, copy, gemm, restore_threads, step_threads, vexp, vtanh
 from carousel.kernels.common import Order, flat_weight_grads, np_, scratch
 
 _ACT_IN = {"tanh": 0, "sigmoid": 1, "identity": 2}
@@ -148,14 +148,14 @@ def lstm_forward(gx, w_hh, peep, flags, perm, lengths, nlive, rev, h, c, out, cs
             row = gx[pos, b]
             base = j * H
             if has_i:
-                row[oi : oi + H] = zi[base : base + H]
+                copy(row, oi, zi, base, H)
             if own_f:
-                row[of : of + H] = zf[base : base + H]
-            row[og : og + H] = zg[base : base + H]
+                copy(row, of, zf, base, H)
+            copy(row, og, zg, base, H)
             if has_o:
-                row[oo : oo + H] = zo[base : base + H]
-            cs[pos, b] = c[j]
-            out[pos, b] = h[j]
+                copy(row, oo, zo, base, H)
+            copy(cs[pos, b], 0, c[j], 0, H)
+            copy(out[pos, b], 0, h[j], 0, H)
     restore_threads(old_threads)
 
 
@@ -197,19 +197,19 @@ def lstm_backward(
             base = j * H
             row = gates[pos, b]
             if t == 0:
-                zsp[base : base + H] = c0[b]
-                hprev[pos, b] = h0[b]
+                copy(zsp, base, c0[b], 0, H)
+                copy(hprev[pos, b], 0, h0[b], 0, H)
             else:
-                zsp[base : base + H] = cs[pp, b]
-                hprev[pos, b] = out[pp, b]
-            zst[base : base + H] = cs[pos, b]
+                copy(zsp, base, cs[pp, b], 0, H)
+                copy(hprev[pos, b], 0, out[pp, b], 0, H)
+            copy(zst, base, cs[pos, b], 0, H)
             if has_i:
-                gi[base : base + H] = row[oi : oi + H]
+                copy(gi, base, row, oi, H)
             if own_f:
-                gf[base : base + H] = row[of : of + H]
-            gg[base : base + H] = row[og : og + H]
+                copy(gf, base, row, of, H)
+            copy(gg, base, row, og, H)
             if has_o:
-                go[base : base + H] = row[oo : oo + H]
+                copy(go, base, row, oo, H)
             dhj = dh[j]
             do = dout[pos, b]
             for k in range(H):  # (B1) ∂L/∂h_t: from above and from step t + 1
@@ -223,7 +223,7 @@ def lstm_backward(
             gf[:m] = one
         if not has_o:
             go[:m] = one
-        zphi[:m] = zst[:m]
+        copy(zphi, 0, zst, 0, m)
         if act_out == 0:
             vtanh(zphi, m)  # φ_out(s_t), recomputed rather than stored
         if has_o:  # (B2) δo = δh ⊙ φ_out(s_t) ⊙ o(1 − o)
@@ -279,11 +279,11 @@ def lstm_backward(
                     q = base + k
                     sr[og + k] = zds[q] * gi[q]
             if has_i:
-                sr[oi : oi + H] = zdai[base : base + H]
+                copy(sr, oi, zdai, base, H)
             if own_f:
-                sr[of : of + H] = zdaf[base : base + H]
+                copy(sr, of, zdaf, base, H)
             if has_o:
-                sr[oo : oo + H] = zdao[base : base + H]
+                copy(sr, oo, zdao, base, H)
             b = perm[j]
             pos = t if rev == 0 else lengths[b] - 1 - t
             dA[pos, b] = sr

@@ -14,7 +14,7 @@ import numba
 import torch
 from torch.autograd.function import once_differentiable
 
-from carousel.kernels._mkl import JIT, TR, N, gemm, restore_threads, step_threads, vexp, vtanh
+from carousel.kernels._mkl import JIT, TR, N, copy, gemm, restore_threads, step_threads, vexp, vtanh
 from carousel.kernels.common import Order, flat_weight_grads, np_, scratch
 
 _PHI = {"tanh": 0, "sigmoid": 1, "relu": 2}
@@ -49,7 +49,7 @@ def rnn_forward(gx, w_hh, phi, perm, lengths, nlive, rev, h, out, work, z, si, s
                     za[base + k] = row[k] + wr[k]
         if phi == 0:
             vtanh(za, m)
-            hf[:m] = za[:m]
+            copy(hf, 0, za, 0, m)
         elif phi == 1:
             vexp(za, m)
             for q in range(m):
@@ -60,7 +60,7 @@ def rnn_forward(gx, w_hh, phi, perm, lengths, nlive, rev, h, out, work, z, si, s
         for j in range(n):
             b = perm[j]
             pos = t if rev == 0 else lengths[b] - 1 - t
-            out[pos, b] = h[j]
+            copy(out[pos, b], 0, h[j], 0, H)
     restore_threads(old_threads)
 
 
@@ -86,10 +86,10 @@ def rnn_backward(
             pos = t if rev == 0 else lengths[b] - 1 - t
             pp = pos - 1 if rev == 0 else pos + 1
             if t == 0:
-                hprev[pos, b] = h0[b]
+                copy(hprev[pos, b], 0, h0[b], 0, H)
             else:
-                hprev[pos, b] = out[pp, b]
-            zh[j * H : (j + 1) * H] = out[pos, b]
+                copy(hprev[pos, b], 0, out[pp, b], 0, H)
+            copy(zh, j * H, out[pos, b], 0, H)
             dhj = dh[j]
             do = dout[pos, b]
             for k in range(H):  # (RB1)
@@ -106,7 +106,7 @@ def rnn_backward(
         for j in range(n):
             b = perm[j]
             pos = t if rev == 0 else lengths[b] - 1 - t
-            dA[pos, b] = dst[j]
+            copy(dA[pos, b], 0, dst[j], 0, H)
         gemm(N, N, n, H, H, 1.0, dst, H, w_hh, H, 0.0, dh, H, si, sf)  # (RB3)
     restore_threads(old_threads)
 
