@@ -137,7 +137,7 @@ def gru_backward(
             copy(sr, 0, dar, base, H)
             copy(sr, H, daz, base, H)
             copy(sr, 2 * H, dahn, base, H)
-            dah[pos, b] = sr
+            copy(dah[pos, b], 0, sr, 0, 3 * H)
             ax = dax[pos, b]
             copy(ax, 0, sr, 0, 2 * H)
             copy(ax, 2 * H, dan, base, H)

@@ -286,7 +286,7 @@ def lstm_backward(
                 copy(sr, oo, zdao, base, H)
             b = perm[j]
             pos = t if rev == 0 else lengths[b] - 1 - t
-            dA[pos, b] = sr
+            copy(dA[pos, b], 0, sr, 0, GH)
         gemm(N, N, n, H, GH, 1.0, dst, GH, w_hh, H, 0.0, dh, H, si, sf)  # (B9) δh_{t−1}
     restore_threads(old_threads)
 
