@@ -47,6 +47,13 @@ class Order:
         out[self.perm] = state
         return out
 
+    def buffer(self, T: int, B: int, width: int, dtype: torch.dtype) -> Tensor:
+        """A (T, B, width) buffer every live step writes: zeros where there is padding (the
+        kernels never touch it), left uninitialised when there is none."""
+        if self.identity:
+            return torch.empty(T, B, width, dtype=dtype)
+        return torch.zeros(T, B, width, dtype=dtype)
+
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self.perm.numpy(), self.lengths.numpy(), self.nlive.numpy()
 

@@ -164,7 +164,7 @@ class GRUFunction(torch.autograd.Function):
             b_hn += b_hh[2 * H :]
         gx = torch.addmm(bias, x2, w_ih.t()).view(T, B, 3 * H)  # all steps in one product
         h = order.sort(h0)
-        out = torch.zeros(T, B, H, dtype=dtype)
+        out = order.buffer(T, B, H, dtype=dtype)
         ghn = torch.empty(T, B, H, dtype=dtype)
         work = torch.empty(B, 3 * H, dtype=dtype)
         z = torch.empty(4, B * H, dtype=dtype)
@@ -189,9 +189,9 @@ class GRUFunction(torch.autograd.Function):
         H = w_hh.shape[1]
         dtype = x.dtype
         dh = order.sort(dh_n)
-        dax = torch.zeros(T, B, 3 * H, dtype=dtype)
-        dah = torch.zeros(T, B, 3 * H, dtype=dtype)
-        hprev = torch.zeros(T, B, H, dtype=dtype)
+        dax = order.buffer(T, B, 3 * H, dtype=dtype)
+        dah = order.buffer(T, B, 3 * H, dtype=dtype)
+        hprev = order.buffer(T, B, H, dtype=dtype)
         dst = torch.empty(B, 3 * H, dtype=dtype)
         z = torch.empty(9, B * H, dtype=dtype)
         si, sf = scratch(dtype)

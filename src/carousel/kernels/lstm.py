@@ -314,7 +314,7 @@ class LSTMFunction(torch.autograd.Function):
                 peep[row] = p.detach()
         h = order.sort(h0)
         c = order.sort(c0)
-        out = torch.zeros(T, B, H, dtype=dtype)
+        out = order.buffer(T, B, H, dtype=dtype)
         cs = torch.empty(T, B, H, dtype=dtype)  # read only at live steps
         work = torch.empty(B, GH, dtype=dtype)
         z = torch.empty(5, B * H, dtype=dtype)
@@ -342,8 +342,8 @@ class LSTMFunction(torch.autograd.Function):
         dtype = x.dtype
         dh = order.sort(dh_n)
         dc = order.sort(dc_n)
-        dA = torch.zeros(T, B, GH, dtype=dtype)
-        hprev = torch.zeros(T, B, H, dtype=dtype)
+        dA = order.buffer(T, B, GH, dtype=dtype)
+        hprev = order.buffer(T, B, H, dtype=dtype)
         dpeep = torch.zeros(3, H, dtype=dtype)
         dst = torch.empty(B, GH, dtype=dtype)
         z = torch.empty(11, B * H, dtype=dtype)

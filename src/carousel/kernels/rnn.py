@@ -125,7 +125,7 @@ class RNNFunction(torch.autograd.Function):
         gx = x2.mm(w_ih.t()) if bias is None else torch.addmm(bias, x2, w_ih.t())
         gx = gx.view(T, B, H)  # all steps in one product
         h = order.sort(h0)
-        out = torch.zeros(T, B, H, dtype=dtype)
+        out = order.buffer(T, B, H, dtype=dtype)
         work = torch.empty(B, H, dtype=dtype)
         z = torch.empty(1, B * H, dtype=dtype)
         si, sf = scratch(dtype)
@@ -149,8 +149,8 @@ class RNNFunction(torch.autograd.Function):
         H = w_hh.shape[1]
         dtype = x.dtype
         dh = order.sort(dh_n)
-        dA = torch.zeros(T, B, H, dtype=dtype)
-        hprev = torch.zeros(T, B, H, dtype=dtype)
+        dA = order.buffer(T, B, H, dtype=dtype)
+        hprev = order.buffer(T, B, H, dtype=dtype)
         dst = torch.empty(B, H, dtype=dtype)
         z = torch.empty(1, B * H, dtype=dtype)
         si, sf = scratch(dtype)
