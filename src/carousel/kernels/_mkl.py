@@ -22,6 +22,7 @@ import os
 
 import llvmlite.binding as llvm
 import numba
+import numpy as np
 import torch
 from numba import types
 
@@ -33,6 +34,9 @@ _SYMBOLS = (
     "vsTanh",
     "vdTanh",
     "MKL_Set_Num_Threads_Local",
+    "cblas_sgemm_pack_get_size",
+    "cblas_sgemm_pack",
+    "cblas_sgemm_compute",
 )
 
 
@@ -56,6 +60,19 @@ _vdexp = types.ExternalFunction("vdExp", _vml_sig)
 _vstanh = types.ExternalFunction("vsTanh", _vml_sig)
 _vdtanh = types.ExternalFunction("vdTanh", _vml_sig)
 _set_threads_local = types.ExternalFunction("MKL_Set_Num_Threads_Local", types.int32(types.int32))
+_i32, _f32 = types.int32, types.float32
+_pack_size = types.ExternalFunction(
+    "cblas_sgemm_pack_get_size", types.uint64(_i32, _i32, _i32, _i32)
+)
+_pack = types.ExternalFunction(
+    "cblas_sgemm_pack",
+    types.void(_i32, _i32, _i32, _i32, _i32, _i32, _f32, _vp, _i32, _vp),
+)
+_compute = types.ExternalFunction(
+    "cblas_sgemm_compute",
+    types.void(_i32, _i32, _i32, _i32, _i32, _i32, _vp, _i32, _vp, _i32, _f32, _vp, _i32),
+)
+_ROW_MAJOR, _NO_TRANS, _TRANS, _PACKED, _B_MATRIX = 101, 111, 112, 151, 162
 
 #: compile options shared by every kernel: accuracy first (no fastmath), numpy's error model
 #: so the inner loops vectorise, on-disk cache, and no GIL so two directions can overlap.
@@ -119,6 +136,34 @@ def gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, scratch_i, scratc
             c.ctypes,
             si[7:].ctypes,
         )
+
+
+@numba.njit(**JIT)
+def prepare_pack(packed, tb, m, n, k, b, ldb):
+    """For ``packed`` (float32, every step over the same m rows): op(B) (k, n) packed once
+    by MKL for all the steps' products (``cblas_sgemm_pack``), so the weight matrix is not
+    re-packed at every step.  Otherwise a dummy."""
+    if not packed:
+        return np.empty(1, np.float32)
+    size = _pack_size(_B_MATRIX, m, n, k)
+    pk = np.empty(size // 4 + 16, np.float32)
+    trans = _TRANS if tb == TR else _NO_TRANS
+    _pack(_ROW_MAJOR, _B_MATRIX, trans, m, n, k, np.float32(1.0), b.ctypes, ldb, pk.ctypes)
+    return pk
+
+
+@numba.njit(**JIT)
+def step_gemm(pk, packed, ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc, scratch_i, scratch_f):
+    """Row-major C (m, n) = op(A) @ op(B) + beta·C for one step: from the packed op(B) of
+    :func:`prepare_pack` when ``packed``, else through :func:`gemm`."""
+    if packed:
+        if m > 0:
+            _compute(
+                _ROW_MAJOR, _NO_TRANS, _PACKED, m, n, k, a.ctypes, lda, pk.ctypes, n,
+                np.float32(beta), c.ctypes, ldc,
+            )  # fmt: skip
+    else:
+        gemm(ta, tb, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc, scratch_i, scratch_f)
 
 
 #: per-step products smaller than this many multiply-adds run on one MKL thread: waking a

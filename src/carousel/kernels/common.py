@@ -54,6 +54,11 @@ class Order:
             return torch.empty(T, B, width, dtype=dtype)
         return torch.zeros(T, B, width, dtype=dtype)
 
+    def packed(self, dtype: torch.dtype) -> int:
+        """Whether the kernels may use MKL's packed weights (float32; every step over all B
+        rows, since a packed matrix serves one product shape)."""
+        return int(self.identity and dtype == torch.float32)
+
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self.perm.numpy(), self.lengths.numpy(), self.nlive.numpy()
 

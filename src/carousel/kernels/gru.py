@@ -16,12 +16,23 @@ import numba
 import torch
 from torch.autograd.function import once_differentiable
 
-from carousel.kernels._mkl import JIT, TR, N, copy, gemm, restore_threads, step_threads, vexp, vtanh
+from carousel.kernels._mkl import (
+    JIT,
+    TR,
+    N,
+    copy,
+    prepare_pack,
+    restore_threads,
+    step_gemm,
+    step_threads,
+    vexp,
+    vtanh,
+)
 from carousel.kernels.common import Order, np_, scratch
 
 
 @numba.njit(**JIT)
-def gru_forward(gx, w_hh, b_hn, perm, lengths, nlive, rev, h, out, ghn, work, z, si, sf):
+def gru_forward(gx, w_hh, b_hn, perm, lengths, nlive, rev, packed, h, out, ghn, work, z, si, sf):
     """The forward time loop.
 
     gx (T, B, 3H): in, W_ih x + b_ih + (b_hr, b_hz, 0); out, the activations r, z, n.
@@ -34,11 +45,13 @@ def gru_forward(gx, w_hh, b_hn, perm, lengths, nlive, rev, h, out, ghn, work, z,
     zr, zz, zn, zgh = z[0], z[1], z[2], z[3]
     one = b_hn.dtype.type(1.0)
     hf = h.reshape(-1)
+    pk = prepare_pack(packed, TR, nlive[0], 3 * H, H, w_hh, H)
     old_threads = step_threads(nlive[0], 3 * H, H)
     for t in range(T):
         n = nlive[t]
         m = n * H
-        gemm(N, TR, n, 3 * H, H, 1.0, h, H, w_hh, H, 0.0, work, 3 * H, si, sf)  # (n, 3H)
+        # (n, 3H)
+        step_gemm(pk, packed, N, TR, n, 3 * H, H, h, H, w_hh, H, 0.0, work, 3 * H, si, sf)
         for j in range(n):
             b = perm[j]
             pos = t if rev == 0 else lengths[b] - 1 - t
@@ -80,7 +93,25 @@ def gru_forward(gx, w_hh, b_hn, perm, lengths, nlive, rev, h, out, ghn, work, z,
 
 @numba.njit(**JIT)
 def gru_backward(
-    gates, ghn, out, h0, w_hh, perm, lengths, nlive, rev, dout, dh, dax, dah, hprev, dst, z, si, sf
+    gates,
+    ghn,
+    out,
+    h0,
+    w_hh,
+    perm,
+    lengths,
+    nlive,
+    rev,
+    packed,
+    dout,
+    dh,
+    dax,
+    dah,
+    hprev,
+    dst,
+    z,
+    si,
+    sf,
 ):
     """The backward time loop (docs/bptt.md, GRU).
 
@@ -96,6 +127,7 @@ def gru_backward(
     )  # fmt: skip
     one = dh.dtype.type(1.0)
     dhf = dh.reshape(-1)
+    pk = prepare_pack(packed, N, nlive[0], H, 3 * H, w_hh, H)
     old_threads = step_threads(nlive[0], 3 * H, H)
     for t in range(T - 1, -1, -1):
         n = nlive[t]
@@ -141,7 +173,8 @@ def gru_backward(
             ax = dax[pos, b]
             copy(ax, 0, sr, 0, 2 * H)
             copy(ax, 2 * H, dan, base, H)
-        gemm(N, N, n, H, 3 * H, 1.0, dst, 3 * H, w_hh, H, 1.0, dh, H, si, sf)  # (GB6) + δA_h W_hh
+        # (GB6) + δA_h W_hh
+        step_gemm(pk, packed, N, N, n, H, 3 * H, dst, 3 * H, w_hh, H, 1.0, dh, H, si, sf)
     restore_threads(old_threads)
 
 
@@ -172,9 +205,22 @@ class GRUFunction(torch.autograd.Function):
         perm, lens, nlive = order.arrays()
         w_hh_c = w_hh.detach().contiguous()
         gru_forward(
-            np_(gx), np_(w_hh_c), np_(b_hn), perm, lens, nlive, int(reverse), np_(h),
-            np_(out), np_(ghn), np_(work), np_(z), si, sf,
-        )  # fmt: skip
+            np_(gx),
+            np_(w_hh_c),
+            np_(b_hn),
+            perm,
+            lens,
+            nlive,
+            int(reverse),
+            order.packed(dtype),
+            np_(h),
+            np_(out),
+            np_(ghn),
+            np_(work),
+            np_(z),
+            si,
+            sf,
+        )
         ctx.save_for_backward(x, h0, w_ih, w_hh_c, gx, ghn, out)
         ctx.order, ctx.reverse = order, reverse
         ctx.has_bias = (b_ih is not None, b_hh is not None)
@@ -197,10 +243,26 @@ class GRUFunction(torch.autograd.Function):
         si, sf = scratch(dtype)
         perm, lens, nlive = order.arrays()
         gru_backward(
-            np_(gates), np_(ghn), np_(out), np_(h0.contiguous()), np_(w_hh), perm, lens, nlive,
-            int(ctx.reverse), np_(dout.contiguous()), np_(dh), np_(dax), np_(dah),
-            np_(hprev), np_(dst), np_(z), si, sf,
-        )  # fmt: skip
+            np_(gates),
+            np_(ghn),
+            np_(out),
+            np_(h0.contiguous()),
+            np_(w_hh),
+            perm,
+            lens,
+            nlive,
+            int(ctx.reverse),
+            order.packed(dtype),
+            np_(dout.contiguous()),
+            np_(dh),
+            np_(dax),
+            np_(dah),
+            np_(hprev),
+            np_(dst),
+            np_(z),
+            si,
+            sf,
+        )
         nd = ctx.needs_input_grad
         dax2, dah2 = dax.view(T * B, 3 * H), dah.view(T * B, 3 * H)  # (GB7), all steps at once
         dx = dax2.mm(w_ih).view(T, B, -1) if nd[0] else None

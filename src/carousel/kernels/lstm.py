@@ -21,7 +21,18 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from carousel.cells import LSTMOptions
-from carousel.kernels._mkl import JIT, TR, N, copy, gemm, restore_threads, step_threads, vexp, vtanh
+from carousel.kernels._mkl import (
+    JIT,
+    TR,
+    N,
+    copy,
+    prepare_pack,
+    restore_threads,
+    step_gemm,
+    step_threads,
+    vexp,
+    vtanh,
+)
 from carousel.kernels.common import Order, flat_weight_grads, np_, scratch
 
 _ACT_IN = {"tanh": 0, "sigmoid": 1, "identity": 2}
@@ -56,7 +67,9 @@ def _sigmoid_from_exp(z, m, one):
 
 
 @numba.njit(**JIT)
-def lstm_forward(gx, w_hh, peep, flags, perm, lengths, nlive, rev, h, c, out, cs, work, z, si, sf):
+def lstm_forward(
+    gx, w_hh, peep, flags, perm, lengths, nlive, rev, packed, h, c, out, cs, work, z, si, sf
+):
     """The forward time loop.
 
     gx (T, B, G·H): in, W_ih x + b_ih + b_hh; out, the gates' activations i, f, g, o.
@@ -78,11 +91,12 @@ def lstm_forward(gx, w_hh, peep, flags, perm, lengths, nlive, rev, h, c, out, cs
     pi, pf, po = peep[0], peep[1], peep[2]
     one = peep.dtype.type(1.0)
     hf = h.reshape(-1)
+    pk = prepare_pack(packed, TR, nlive[0], GH, H, w_hh, H)
     old_threads = step_threads(nlive[0], GH, H)
     for t in range(T):
         n = nlive[t]
         m = n * H
-        gemm(N, TR, n, GH, H, 1.0, h, H, w_hh, H, 0.0, work, GH, si, sf)  # W_hh h_{t−1}
+        step_gemm(pk, packed, N, TR, n, GH, H, h, H, w_hh, H, 0.0, work, GH, si, sf)  # W_hh h_{t−1}
         for j in range(n):  # (F1) a = W_ih x_t + b + W_hh h_{t−1}, and the gates' arguments
             b = perm[j]
             pos = t if rev == 0 else lengths[b] - 1 - t
@@ -161,7 +175,7 @@ def lstm_forward(gx, w_hh, peep, flags, perm, lengths, nlive, rev, h, c, out, cs
 
 @numba.njit(**JIT)
 def lstm_backward(
-    gates, cs, out, h0, c0, w_hh, peep, flags, perm, lengths, nlive, rev,
+    gates, cs, out, h0, c0, w_hh, peep, flags, perm, lengths, nlive, rev, packed,
     dout, dh, dc, dA, hprev, dpeep, dst, z, si, sf,
 ):  # fmt: skip
     """The backward time loop: the δ recursions of docs/bptt.md.
@@ -186,6 +200,7 @@ def lstm_backward(
     one = peep.dtype.type(1.0)
     dhf = dh.reshape(-1)
     dcf = dc.reshape(-1)
+    pk = prepare_pack(packed, N, nlive[0], H, GH, w_hh, H)
     old_threads = step_threads(nlive[0], GH, H)
     for t in range(T - 1, -1, -1):
         n = nlive[t]
@@ -287,7 +302,7 @@ def lstm_backward(
             b = perm[j]
             pos = t if rev == 0 else lengths[b] - 1 - t
             copy(dA[pos, b], 0, sr, 0, GH)
-        gemm(N, N, n, H, GH, 1.0, dst, GH, w_hh, H, 0.0, dh, H, si, sf)  # (B9) δh_{t−1}
+        step_gemm(pk, packed, N, N, n, H, GH, dst, GH, w_hh, H, 0.0, dh, H, si, sf)  # (B9) δh_{t−1}
     restore_threads(old_threads)
 
 
@@ -322,9 +337,24 @@ class LSTMFunction(torch.autograd.Function):
         perm, lens, nlive = order.arrays()
         w_hh_c = w_hh.detach().contiguous()
         lstm_forward(
-            np_(gx), np_(w_hh_c), np_(peep), np.asarray(flags, np.int64), perm, lens, nlive,
-            int(reverse), np_(h), np_(c), np_(out), np_(cs), np_(work), np_(z), si, sf,
-        )  # fmt: skip
+            np_(gx),
+            np_(w_hh_c),
+            np_(peep),
+            np.asarray(flags, np.int64),
+            perm,
+            lens,
+            nlive,
+            int(reverse),
+            order.packed(dtype),
+            np_(h),
+            np_(c),
+            np_(out),
+            np_(cs),
+            np_(work),
+            np_(z),
+            si,
+            sf,
+        )
         h_n, c_n = order.unsort(h), order.unsort(c)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh_c, gx, cs, out, peep)
         ctx.order, ctx.flags, ctx.reverse = order, flags, reverse
@@ -350,11 +380,30 @@ class LSTMFunction(torch.autograd.Function):
         si, sf = scratch(dtype)
         perm, lens, nlive = order.arrays()
         lstm_backward(
-            np_(gates), np_(cs), np_(out), np_(h0.contiguous()), np_(c0.contiguous()),
-            np_(w_hh), np_(peep), np.asarray(ctx.flags, np.int64), perm, lens, nlive,
-            int(ctx.reverse), np_(dout.contiguous()), np_(dh), np_(dc), np_(dA), np_(hprev),
-            np_(dpeep), np_(dst), np_(z), si, sf,
-        )  # fmt: skip
+            np_(gates),
+            np_(cs),
+            np_(out),
+            np_(h0.contiguous()),
+            np_(c0.contiguous()),
+            np_(w_hh),
+            np_(peep),
+            np.asarray(ctx.flags, np.int64),
+            perm,
+            lens,
+            nlive,
+            int(ctx.reverse),
+            order.packed(dtype),
+            np_(dout.contiguous()),
+            np_(dh),
+            np_(dc),
+            np_(dA),
+            np_(hprev),
+            np_(dpeep),
+            np_(dst),
+            np_(z),
+            si,
+            sf,
+        )
         nd = ctx.needs_input_grad
         dx, dw_ih, dw_hh, db = flat_weight_grads(
             dA, x, hprev, w_ih, (nd[0], nd[3], nd[4], nd[5] or nd[6])

@@ -14,14 +14,25 @@ import numba
 import torch
 from torch.autograd.function import once_differentiable
 
-from carousel.kernels._mkl import JIT, TR, N, copy, gemm, restore_threads, step_threads, vexp, vtanh
+from carousel.kernels._mkl import (
+    JIT,
+    TR,
+    N,
+    copy,
+    prepare_pack,
+    restore_threads,
+    step_gemm,
+    step_threads,
+    vexp,
+    vtanh,
+)
 from carousel.kernels.common import Order, flat_weight_grads, np_, scratch
 
 _PHI = {"tanh": 0, "sigmoid": 1, "relu": 2}
 
 
 @numba.njit(**JIT)
-def rnn_forward(gx, w_hh, phi, perm, lengths, nlive, rev, h, out, work, z, si, sf):
+def rnn_forward(gx, w_hh, phi, perm, lengths, nlive, rev, packed, h, out, work, z, si, sf):
     """gx (T, B, H) = W_ih x + b_ih + b_hh; h (B, H) initial → final state (kernel order);
     out (T, B, H) zeros: h_t.  work (B, H), z (1, B·H): scratch."""
     T = gx.shape[0]
@@ -30,11 +41,12 @@ def rnn_forward(gx, w_hh, phi, perm, lengths, nlive, rev, h, out, work, z, si, s
     one = h.dtype.type(1.0)
     zero = h.dtype.type(0.0)
     hf = h.reshape(-1)
+    pk = prepare_pack(packed, TR, nlive[0], H, H, w_hh, H)
     old_threads = step_threads(nlive[0], H, H)
     for t in range(T):
         n = nlive[t]
         m = n * H
-        gemm(N, TR, n, H, H, 1.0, h, H, w_hh, H, 0.0, work, H, si, sf)  # (n, H)
+        step_gemm(pk, packed, N, TR, n, H, H, h, H, w_hh, H, 0.0, work, H, si, sf)  # (n, H)
         for j in range(n):  # (R1) a = W_ih x_t + b + W_hh h_{t−1}
             b = perm[j]
             pos = t if rev == 0 else lengths[b] - 1 - t
@@ -66,7 +78,7 @@ def rnn_forward(gx, w_hh, phi, perm, lengths, nlive, rev, h, out, work, z, si, s
 
 @numba.njit(**JIT)
 def rnn_backward(
-    out, h0, w_hh, phi, perm, lengths, nlive, rev, dout, dh, dA, hprev, dst, z, si, sf
+    out, h0, w_hh, phi, perm, lengths, nlive, rev, packed, dout, dh, dA, hprev, dst, z, si, sf
 ):
     """dh (B, H): in ∂L/∂h_n, out ∂L/∂h_0 (kernel order).  dA (T, B, H) zeros: ∂L/∂a.
     hprev (T, B, H) zeros: h_{t−1} of each step.  dst (B, H), z (1, B·H): scratch."""
@@ -77,6 +89,7 @@ def rnn_backward(
     zero = dh.dtype.type(0.0)
     dhf = dh.reshape(-1)
     dsf = dst.reshape(-1)
+    pk = prepare_pack(packed, N, nlive[0], H, H, w_hh, H)
     old_threads = step_threads(nlive[0], H, H)
     for t in range(T - 1, -1, -1):
         n = nlive[t]
@@ -107,7 +120,7 @@ def rnn_backward(
             b = perm[j]
             pos = t if rev == 0 else lengths[b] - 1 - t
             copy(dA[pos, b], 0, dst[j], 0, H)
-        gemm(N, N, n, H, H, 1.0, dst, H, w_hh, H, 0.0, dh, H, si, sf)  # (RB3)
+        step_gemm(pk, packed, N, N, n, H, H, dst, H, w_hh, H, 0.0, dh, H, si, sf)  # (RB3)
     restore_threads(old_threads)
 
 
@@ -132,9 +145,21 @@ class RNNFunction(torch.autograd.Function):
         perm, lens, nlive = order.arrays()
         w_hh_c = w_hh.detach().contiguous()
         rnn_forward(
-            np_(gx), np_(w_hh_c), phi, perm, lens, nlive, int(reverse), np_(h), np_(out),
-            np_(work), np_(z), si, sf,
-        )  # fmt: skip
+            np_(gx),
+            np_(w_hh_c),
+            phi,
+            perm,
+            lens,
+            nlive,
+            int(reverse),
+            order.packed(dtype),
+            np_(h),
+            np_(out),
+            np_(work),
+            np_(z),
+            si,
+            sf,
+        )
         ctx.save_for_backward(x, h0, w_ih, w_hh_c, out)
         ctx.order, ctx.reverse, ctx.phi = order, reverse, phi
         ctx.has_bias = (b_ih is not None, b_hh is not None)
@@ -156,10 +181,24 @@ class RNNFunction(torch.autograd.Function):
         si, sf = scratch(dtype)
         perm, lens, nlive = order.arrays()
         rnn_backward(
-            np_(out), np_(h0.contiguous()), np_(w_hh), ctx.phi, perm, lens, nlive,
-            int(ctx.reverse), np_(dout.contiguous()), np_(dh), np_(dA), np_(hprev), np_(dst),
-            np_(z), si, sf,
-        )  # fmt: skip
+            np_(out),
+            np_(h0.contiguous()),
+            np_(w_hh),
+            ctx.phi,
+            perm,
+            lens,
+            nlive,
+            int(ctx.reverse),
+            order.packed(dtype),
+            np_(dout.contiguous()),
+            np_(dh),
+            np_(dA),
+            np_(hprev),
+            np_(dst),
+            np_(z),
+            si,
+            sf,
+        )
         nd = ctx.needs_input_grad
         dx, dw_ih, dw_hh, db = flat_weight_grads(
             dA, x, hprev, w_ih, (nd[0], nd[2], nd[3], nd[4] or nd[5])
