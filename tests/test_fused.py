@@ -166,3 +166,16 @@ def test_second_derivatives_are_refused_not_wrong():
     (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match=r"once_differentiable|does not require grad"):
         gx.sum().backward()
+
+
+@pytest.mark.parametrize("name", ["lstm", "peephole", "nog", "cifg", "gru", "rnn"])
+def test_inference_matches_reference(name):
+    """Under no_grad the LSTM kernel skips storing its activations; outputs stay exact."""
+    ref, fused = _pair(name, torch.float64, num_layers=2, bidirectional=True)
+    x = torch.randn(T, B, IN, dtype=torch.float64)
+    lengths = torch.tensor([T, 2, T - 1, 1])
+    with torch.no_grad():
+        for lens in (None, lengths):
+            (y1, s1), (y2, s2) = fused(x, lengths=lens), ref(x, lengths=lens)
+            torch.testing.assert_close(y1, y2, **TOL[torch.float64])
+            torch.testing.assert_close(s1, s2, **TOL[torch.float64])

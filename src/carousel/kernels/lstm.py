@@ -73,7 +73,8 @@ def lstm_forward(
     """The forward time loop.
 
     gx (T, B, G·H): in, W_ih x + b_ih + b_hh; out, the gates' activations i, f, g, o.
-    w_hh (G·H, H); peep (3, H) rows p_i, p_f, p_o (zeros where absent).
+    w_hh (G·H, H); peep (3, H) rows p_i, p_f, p_o (zeros where absent).  flags: those of
+    :func:`lstm_flags`, then ``store`` (0 in inference: gx and cs are left as scratch).
     h, c (B, H): initial state in kernel order; on return, each sequence's final state.
     out (T, B, H) zeros: h_t.  cs (T, B, H): s_t.  work (B, G·H), z (5, B·H): scratch.
 
@@ -82,7 +83,7 @@ def lstm_forward(
     expression for every variant.
     """
     has_i, own_f, coupled, has_o = flags[0], flags[1], flags[2], flags[3]
-    act_in, act_out, G = flags[4], flags[5], flags[10]
+    act_in, act_out, G, store = flags[4], flags[5], flags[10], flags[11]
     T = gx.shape[0]
     H = h.shape[1]
     GH = G * H
@@ -161,14 +162,15 @@ def lstm_forward(
             pos = t if rev == 0 else lengths[b] - 1 - t
             row = gx[pos, b]
             base = j * H
-            if has_i:
-                copy(row, oi, zi, base, H)
-            if own_f:
-                copy(row, of, zf, base, H)
-            copy(row, og, zg, base, H)
-            if has_o:
-                copy(row, oo, zo, base, H)
-            copy(cs[pos, b], 0, c[j], 0, H)
+            if store:  # activations for the backward pass; inference skips them
+                if has_i:
+                    copy(row, oi, zi, base, H)
+                if own_f:
+                    copy(row, of, zf, base, H)
+                copy(row, og, zg, base, H)
+                if has_o:
+                    copy(row, oo, zo, base, H)
+                copy(cs[pos, b], 0, c[j], 0, H)
             copy(out[pos, b], 0, h[j], 0, H)
     restore_threads(old_threads)
 
@@ -310,7 +312,9 @@ class LSTMFunction(torch.autograd.Function):
     """One direction of one LSTM-family layer over a whole sequence, fused."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, p_i, p_f, p_o, flags, lengths, reverse):
+    def forward(
+        ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, p_i, p_f, p_o, flags, lengths, reverse, store
+    ):
         T, B, _ = x.shape
         H = w_hh.shape[1]
         GH = w_hh.shape[0]
@@ -340,7 +344,7 @@ class LSTMFunction(torch.autograd.Function):
             np_(gx),
             np_(w_hh_c),
             np_(peep),
-            np.asarray(flags, np.int64),
+            np.asarray((*flags, int(store)), np.int64),
             perm,
             lens,
             nlive,
@@ -413,13 +417,15 @@ class LSTMFunction(torch.autograd.Function):
         db_ih = db if ctx.has_bias[0] and nd[5] else None
         db_hh = db.clone() if ctx.has_bias[1] and nd[6] else None  # no shared .grad
         dps = [dpeep[r] if ctx.has_peep[r] and nd[7 + r] else None for r in range(3)]
-        return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, *dps, None, None, None
+        return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, *dps, None, None, None, None
 
 
 def sequence(cell, x, state, weights, lengths, reverse):
     """The fused LSTM-family backend (the signature of ``reference_sequence``)."""
     h0, c0 = state
     peep = weights.peep
+    tensors = (x, h0, c0, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, *peep.values())
+    store = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     out, h_n, c_n = LSTMFunction.apply(
         x,
         h0,
@@ -434,5 +440,6 @@ def sequence(cell, x, state, weights, lengths, reverse):
         lstm_flags(cell),
         lengths,
         reverse,
+        store,
     )
     return out, (h_n, c_n)
