@@ -11,9 +11,20 @@ reordering.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch import Tensor
+
+
+@functools.lru_cache(maxsize=64)
+def _identity(T: int, B: int) -> tuple[Tensor, Tensor, Tensor]:
+    """perm, lengths, nlive of a batch without padding (cached: the kernels only read them)."""
+    perm = torch.arange(B)
+    lengths = torch.full((B,), T, dtype=torch.int64)
+    nlive = torch.full((T,), B, dtype=torch.int64)
+    return perm, lengths, nlive
 
 
 class Order:
@@ -21,9 +32,7 @@ class Order:
 
     def __init__(self, T: int, B: int, lengths: Tensor | None) -> None:
         if lengths is None:
-            self.perm = torch.arange(B)
-            self.lengths = torch.full((B,), T, dtype=torch.int64)
-            self.nlive = torch.full((T,), B, dtype=torch.int64)
+            self.perm, self.lengths, self.nlive = _identity(T, B)
             self.identity = True
         else:
             lengths = lengths.to(device="cpu", dtype=torch.int64)
