@@ -154,6 +154,8 @@ def test_fallback_warns_once_and_runs_reference(monkeypatch):
     assert len(record) == 1
     assert kernels.failure() is not None
     assert select_backend("auto", layer.cell, x).name == "reference"
+    with pytest.raises(ValueError, match="DISABLED is set"):
+        select_backend("fused", layer.cell, x)
     ref = carousel.GRU(3, 4, backend="reference")
     ref.load_state_dict(layer.state_dict())
     torch.testing.assert_close(y, ref(x)[0], rtol=0, atol=0)

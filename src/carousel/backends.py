@@ -101,6 +101,9 @@ class Backend:
     name: str
     run: SequenceFn
     supports: Callable[[CellOptions, Tensor], bool]
+    #: why the backend cannot run at all on this machine (e.g. its kernels failed to load),
+    #: or ``None``; named in the error when a user asks for it explicitly
+    unavailable: Callable[[], str | None] = lambda: None
 
 
 BACKENDS: dict[str, Backend] = {
@@ -129,9 +132,11 @@ def select_backend(name: str, cell: CellOptions, x: Tensor) -> Backend:
     if name != "auto":
         backend = BACKENDS[name]
         if not backend.supports(cell, x):
+            why = backend.unavailable()
             raise ValueError(
                 f"backend {name!r} cannot run cell family {cell.family!r} on "
-                f"{x.device.type} {x.dtype}; use backend='auto' or 'reference'"
+                f"{x.device.type} {x.dtype}{f' ({why})' if why else ''}; "
+                "use backend='auto' or 'reference'"
             )
         return backend
     for backend in BACKENDS.values():
@@ -144,7 +149,7 @@ def _register_fused() -> None:
     """The fused CPU kernels (:mod:`carousel.kernels`); they load lazily on first use."""
     from carousel import kernels
 
-    register_backend(Backend("fused", kernels.fused_sequence, kernels.supports))
+    register_backend(Backend("fused", kernels.fused_sequence, kernels.supports, kernels.failure))
 
 
 _register_fused()
