@@ -181,3 +181,25 @@ def test_inference_matches_reference(name):
             (y1, s1), (y2, s2) = fused(x, lengths=lens), ref(x, lengths=lens)
             torch.testing.assert_close(y1, y2, **TOL[torch.float64])
             torch.testing.assert_close(s1, s2, **TOL[torch.float64])
+
+
+@pytest.mark.parametrize("name", ["lstm", "peephole", "gru", "rnn"])
+def test_bidirectional_pair_matches_one_after_the_other(name, monkeypatch):
+    """Both directions on two threads (kernels.pair) == the two directions in sequence."""
+    from carousel.kernels import pair
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # the pair path needs ≥ 2
+    calls = []
+    apply = pair.PairFunction.apply
+    monkeypatch.setattr(pair.PairFunction, "apply", lambda *a: calls.append(1) or apply(*a))
+    layer = carousel.make_layer(name, IN, H, num_layers=2, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(T, B, IN, dtype=torch.float64, requires_grad=True)
+    results = []
+    for enabled in (True, False):
+        monkeypatch.setattr(pair, "ENABLED", enabled)
+        y, _ = layer(x, lengths=[T, 2, T - 1, 1])
+        grads = torch.autograd.grad(y.square().sum(), [x, *layer.parameters()])
+        results.append((y, *grads))
+    assert len(calls) == 2  # one per layer, only while enabled
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)

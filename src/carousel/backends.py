@@ -104,6 +104,10 @@ class Backend:
     #: why the backend cannot run at all on this machine (e.g. its kernels failed to load),
     #: or ``None``; named in the error when a user asks for it explicitly
     unavailable: Callable[[], str | None] = lambda: None
+    #: optional: both directions of a bidirectional layer in one call,
+    #: ``run_pair(cell, x, (state_f, state_b), (weights_f, weights_b), lengths)`` ->
+    #: ``((output_f, final_f), (output_b, final_b))``, free to run them concurrently
+    run_pair: Callable | None = None
 
 
 BACKENDS: dict[str, Backend] = {
@@ -149,7 +153,15 @@ def _register_fused() -> None:
     """The fused CPU kernels (:mod:`carousel.kernels`); they load lazily on first use."""
     from carousel import kernels
 
-    register_backend(Backend("fused", kernels.fused_sequence, kernels.supports, kernels.failure))
+    register_backend(
+        Backend(
+            "fused",
+            kernels.fused_sequence,
+            kernels.supports,
+            unavailable=kernels.failure,
+            run_pair=kernels.fused_pair,
+        )
+    )
 
 
 _register_fused()

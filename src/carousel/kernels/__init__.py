@@ -79,3 +79,36 @@ def fused_sequence(cell, x, state, weights, lengths, reverse):
     """Run one direction of one layer with the fused kernel of ``cell``'s family."""
     _load()
     return _modules[cell.family].sequence(cell, x, state, weights, lengths, reverse)
+
+
+def _pair_pays(cell: CellOptions, x: Tensor, H: int) -> bool:
+    from carousel.kernels import pair
+    from carousel.kernels._mkl import SERIAL_STEP_MACS
+
+    B = x.size(1)
+    return (
+        pair.ENABLED
+        and torch.get_num_threads() >= 2
+        and B * cell.num_gates * H * H < SERIAL_STEP_MACS
+    )
+
+
+def fused_pair(cell, x, states, weights, lengths):
+    """Both directions of one bidirectional layer: ``states`` and ``weights`` are (forward,
+    backward) pairs; returns ((output, final), (output, final)).  The two run concurrently
+    (:mod:`carousel.kernels.pair`) where that pays, else one after the other."""
+    _load()
+    module = _modules[cell.family]
+    H = weights[0].w_hh.size(1)
+    if not _pair_pays(cell, x, H):
+        return tuple(
+            module.sequence(cell, x, s, w, lengths, reverse)
+            for s, w, reverse in zip(states, weights, (False, True))
+        )
+    from carousel.kernels.pair import PairFunction
+
+    a = module.arguments(cell, x, states[0], weights[0], lengths, False)
+    b = module.arguments(cell, x, states[1], weights[1], lengths, True)
+    outputs = PairFunction.apply(module.FUNCTION, len(a), *a, *b)
+    k = len(outputs) // 2
+    return module.finish(outputs[:k]), module.finish(outputs[k:])

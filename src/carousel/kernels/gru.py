@@ -274,9 +274,20 @@ class GRUFunction(torch.autograd.Function):
         return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None
 
 
+def arguments(cell, x, state, weights, lengths, reverse) -> tuple:
+    """The arguments of :class:`GRUFunction` for one direction of one layer."""
+    return (x, state[0], weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, lengths, reverse)
+
+
+def finish(outputs):
+    """(output, final state) from :class:`GRUFunction`'s outputs."""
+    out, h_n = outputs
+    return out, (h_n,)
+
+
+FUNCTION = GRUFunction
+
+
 def sequence(cell, x, state, weights, lengths, reverse):
     """The fused GRU backend (the signature of ``reference_sequence``)."""
-    out, h_n = GRUFunction.apply(
-        x, state[0], weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, lengths, reverse
-    )
-    return out, (h_n,)
+    return finish(GRUFunction.apply(*arguments(cell, x, state, weights, lengths, reverse)))

@@ -420,13 +420,13 @@ class LSTMFunction(torch.autograd.Function):
         return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, *dps, None, None, None, None
 
 
-def sequence(cell, x, state, weights, lengths, reverse):
-    """The fused LSTM-family backend (the signature of ``reference_sequence``)."""
+def arguments(cell, x, state, weights, lengths, reverse) -> tuple:
+    """The arguments of :class:`LSTMFunction` for one direction of one layer."""
     h0, c0 = state
     peep = weights.peep
     tensors = (x, h0, c0, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, *peep.values())
     store = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    out, h_n, c_n = LSTMFunction.apply(
+    return (
         x,
         h0,
         c0,
@@ -442,4 +442,17 @@ def sequence(cell, x, state, weights, lengths, reverse):
         reverse,
         store,
     )
+
+
+def finish(outputs):
+    """(output, final state) from :class:`LSTMFunction`'s outputs."""
+    out, h_n, c_n = outputs
     return out, (h_n, c_n)
+
+
+FUNCTION = LSTMFunction
+
+
+def sequence(cell, x, state, weights, lengths, reverse):
+    """The fused LSTM-family backend (the signature of ``reference_sequence``)."""
+    return finish(LSTMFunction.apply(*arguments(cell, x, state, weights, lengths, reverse)))

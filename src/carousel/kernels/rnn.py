@@ -209,9 +209,9 @@ class RNNFunction(torch.autograd.Function):
         return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None
 
 
-def sequence(cell, x, state, weights, lengths, reverse):
-    """The fused Elman RNN backend (the signature of ``reference_sequence``)."""
-    out, h_n = RNNFunction.apply(
+def arguments(cell, x, state, weights, lengths, reverse) -> tuple:
+    """The arguments of :class:`RNNFunction` for one direction of one layer."""
+    return (
         x,
         state[0],
         weights.w_ih,
@@ -222,4 +222,17 @@ def sequence(cell, x, state, weights, lengths, reverse):
         lengths,
         reverse,
     )
+
+
+def finish(outputs):
+    """(output, final state) from :class:`RNNFunction`'s outputs."""
+    out, h_n = outputs
     return out, (h_n,)
+
+
+FUNCTION = RNNFunction
+
+
+def sequence(cell, x, state, weights, lengths, reverse):
+    """The fused Elman RNN backend (the signature of ``reference_sequence``)."""
+    return finish(RNNFunction.apply(*arguments(cell, x, state, weights, lengths, reverse)))
