@@ -4,9 +4,9 @@ The kernels release the GIL (``nogil``) and torch's products release it too, so 
 and the backward direction can run side by side.  :class:`PairFunction` wraps a family's
 ``torch.autograd.Function`` and runs its ``forward`` (and later its ``backward``) for the two
 directions in two threads, each with one intra-op thread, so two cores do two directions
-instead of two threads fighting over each small per-step product.  It is used only where that
-pays: at least two threads, and per-step products small enough to run on one MKL thread
-anyway (see :data:`carousel.kernels._mkl.SERIAL_STEP_MACS`).
+instead of two threads fighting over each small per-step product.  It is used only when
+:data:`ENABLED`, with at least two threads, and for per-step products small enough to run on
+one MKL thread anyway (see :data:`carousel.kernels._mkl.SERIAL_STEP_MACS`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch.autograd.function import once_differentiable
 
-#: set to False to run the two directions one after the other (benchmarks compare both)
-ENABLED = True
+#: off by default: on the shared 2-core machine it was measured on (bench/cells_bidir.py,
+#: BENCHMARKS.md) handing one direction to a second thread lost badly at B = 1 (0.17–0.3×)
+#: and was erratic at B = 16 (0.6–3.9×).  ``carousel.kernels.pair.ENABLED = True`` turns it
+#: on; re-measure on a quiet machine before making it the default.
+ENABLED = False
 
 _POOL: ThreadPoolExecutor | None = None
 _LOCK = threading.Lock()
