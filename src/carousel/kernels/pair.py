@@ -18,8 +18,8 @@ import torch
 from torch.autograd.function import once_differentiable
 
 #: off by default: on the shared 2-core machine it was measured on (bench/cells_bidir.py,
-#: BENCHMARKS.md) handing one direction to a second thread lost badly at B = 1 (0.17–0.3×)
-#: and was erratic at B = 16 (0.6–3.9×).  ``carousel.kernels.pair.ENABLED = True`` turns it
+#: BENCHMARKS.md) handing one direction to a second thread mostly lost at B = 1 (down to
+#: 0.17×) and was erratic at B = 16 (0.22–3.9×).  ``carousel.kernels.pair.ENABLED = True`` turns it
 #: on; re-measure on a quiet machine before making it the default.
 ENABLED = False
 
