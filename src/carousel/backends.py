@@ -130,8 +130,9 @@ def check_backend(name: str) -> None:
 
 
 def select_backend(name: str, cell: CellOptions, x: Tensor) -> Backend:
-    """The backend that runs ``cell`` on ``x``: the one named, or for ``"auto"`` the first
-    registered kernel that supports it, else the reference path."""
+    """The backend that runs ``cell`` on ``x``: the one named, or for ``"auto"`` a registered
+    kernel that supports it, the most recently registered first (so a user's own kernel
+    overrides the built-in ``"fused"``), else the reference path."""
     check_backend(name)
     if name != "auto":
         backend = BACKENDS[name]
@@ -143,7 +144,7 @@ def select_backend(name: str, cell: CellOptions, x: Tensor) -> Backend:
                 "use backend='auto' or 'reference'"
             )
         return backend
-    for backend in BACKENDS.values():
+    for backend in reversed(BACKENDS.values()):  # the latest registered kernel first
         if backend.name != "reference" and backend.supports(cell, x):
             return backend
     return BACKENDS["reference"]
