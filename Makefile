@@ -26,7 +26,7 @@ demo: install
 	$(BIN)/carousel demo
 
 bench: install
-	$(BIN)/python bench/cells.py
+	$(BIN)/python bench/cells.py --loop --output BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

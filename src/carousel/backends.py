@@ -103,6 +103,13 @@ class Backend:
     name: str
     run: SequenceFn
     supports: Callable[[CellOptions, Tensor], bool]
+    #: why the backend cannot run at all on this machine (e.g. its kernels failed to load),
+    #: or ``None``; named in the error when a user asks for it explicitly
+    unavailable: Callable[[], str | None] = lambda: None
+    #: optional: both directions of a bidirectional layer in one call,
+    #: ``run_pair(cell, x, (state_f, state_b), (weights_f, weights_b), lengths)`` ->
+    #: ``((output_f, final_f), (output_b, final_b))``, free to run them concurrently
+    run_pair: Callable | None = None
 
 
 BACKENDS: dict[str, Backend] = {
@@ -125,18 +132,39 @@ def check_backend(name: str) -> None:
 
 
 def select_backend(name: str, cell: CellOptions, x: Tensor) -> Backend:
-    """The backend that runs ``cell`` on ``x``: the one named, or for ``"auto"`` the first
-    registered kernel that supports it, else the reference path."""
+    """The backend that runs ``cell`` on ``x``: the one named, or for ``"auto"`` a registered
+    kernel that supports it, the most recently registered first (so a user's own kernel
+    overrides the built-in ``"fused"``), else the reference path."""
     check_backend(name)
     if name != "auto":
         backend = BACKENDS[name]
         if not backend.supports(cell, x):
+            why = backend.unavailable()
             raise ValueError(
                 f"backend {name!r} cannot run cell family {cell.family!r} on "
-                f"{x.device.type} {x.dtype}; use backend='auto' or 'reference'"
+                f"{x.device.type} {x.dtype}{f' ({why})' if why else ''}; "
+                "use backend='auto' or 'reference'"
             )
         return backend
-    for backend in BACKENDS.values():
+    for backend in reversed(BACKENDS.values()):  # the latest registered kernel first
         if backend.name != "reference" and backend.supports(cell, x):
             return backend
     return BACKENDS["reference"]
+
+
+def _register_fused() -> None:
+    """The fused CPU kernels (:mod:`carousel.kernels`); they load lazily on first use."""
+    from carousel import kernels
+
+    register_backend(
+        Backend(
+            "fused",
+            kernels.fused_sequence,
+            kernels.supports,
+            unavailable=kernels.failure,
+            run_pair=kernels.fused_pair,
+        )
+    )
+
+
+_register_fused()

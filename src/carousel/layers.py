@@ -206,20 +206,19 @@ class RecurrentLayer(nn.Module):
 
         finals: list[tuple[Tensor, ...]] = []
         for k in range(self.num_layers):
-            outputs = []
-            for d in range(self.num_directions):
-                idx = k * self.num_directions + d
-                backend = select_backend(self.backend, self.cell, x)
-                out, final = backend.run(
-                    self.cell,
-                    x,
-                    tuple(s[idx] for s in state),
-                    self.layer_weights(idx),
-                    lengths,
-                    d == 1,
-                )
-                outputs.append(out)
-                finals.append(final)
+            backend = select_backend(self.backend, self.cell, x)
+            idxs = [k * self.num_directions + d for d in range(self.num_directions)]
+            states = tuple(tuple(s[idx] for s in state) for idx in idxs)
+            weights = tuple(self.layer_weights(idx) for idx in idxs)
+            if len(idxs) == 2 and backend.run_pair is not None:
+                results = backend.run_pair(self.cell, x, states, weights, lengths)
+            else:
+                results = [
+                    backend.run(self.cell, x, states[d], weights[d], lengths, d == 1)
+                    for d in range(len(idxs))
+                ]
+            outputs = [out for out, _ in results]
+            finals.extend(final for _, final in results)
             x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)  # (T, B, D·H)
             if self.dropout > 0 and self.training and k < self.num_layers - 1:
                 x = nn.functional.dropout(x, self.dropout, training=True)

@@ -1,0 +1,114 @@
+"""Fused CPU kernels: a whole sequence per call, with a hand-derived backward through time.
+
+The backend ``"fused"`` runs one direction of one layer of any registered cell (Elman RNN,
+every LSTM variant, GRU) on CPU float32/float64 tensors.  The time loop is compiled with numba
+and calls MKL (the BLAS inside torch) for the per-step recurrent product — from weights packed
+once per call (``cblas_sgemm_pack``) for float32 batches of equal lengths — and for vectorised
+exp/tanh; see :mod:`carousel.kernels._mkl`.  Per-step products below 4M multiply-adds run on
+one MKL thread (waking the second costs more than it saves).  The derivation is ``docs/bptt.md``.
+
+Nothing is imported or compiled until a layer first asks: :func:`available` loads the kernels
+on first use.  Where they cannot load (numba missing or broken, a torch without MKL), it
+warns once and ``backend="auto"`` runs the reference path.  Compiled code is cached on disk
+(numba ``cache=True``), so only the first run on a machine pays the compile.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+from carousel.cells import CellOptions
+
+_FAMILIES = {"lstm": "lstm", "gru": "gru", "rnn": "rnn"}
+_modules: dict[str, ModuleType] = {}
+_failure: str | None = None
+_loaded = False
+
+#: set to True to skip loading (tests of the fallback use it through :func:`_load`)
+DISABLED = False
+
+
+def _load() -> None:
+    global _failure, _loaded
+    if _loaded:
+        return
+    _loaded = True
+    try:
+        if DISABLED:
+            raise ImportError("carousel.kernels.DISABLED is set")
+        for family, name in _FAMILIES.items():
+            _modules[family] = importlib.import_module(f"carousel.kernels.{name}")
+    except (ImportError, OSError, AttributeError) as err:
+        _modules.clear()
+        _failure = f"{type(err).__name__}: {err}"
+        warnings.warn(
+            "carousel: the fused CPU kernels could not load "
+            f"({_failure}); layers fall back to the slower reference path",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def available() -> bool:
+    """Whether the fused kernels loaded (loads them on the first call)."""
+    _load()
+    return bool(_modules)
+
+
+def failure() -> str | None:
+    """Why the kernels could not load, or ``None``."""
+    _load()
+    return _failure
+
+
+def supports(cell: CellOptions, x: Tensor) -> bool:
+    """CPU float32/float64 for every registered family, when the kernels loaded."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return False
+    if cell.family not in _FAMILIES:
+        return False
+    return available()
+
+
+def fused_sequence(cell, x, state, weights, lengths, reverse):
+    """Run one direction of one layer with the fused kernel of ``cell``'s family."""
+    _load()
+    return _modules[cell.family].sequence(cell, x, state, weights, lengths, reverse)
+
+
+def _pair_pays(cell: CellOptions, x: Tensor, H: int) -> bool:
+    from carousel.kernels import pair
+    from carousel.kernels._mkl import SERIAL_STEP_MACS
+
+    B = x.size(1)
+    return (
+        pair.ENABLED
+        and torch.get_num_threads() >= 2
+        and B * cell.num_gates * H * H < SERIAL_STEP_MACS
+    )
+
+
+def fused_pair(cell, x, states, weights, lengths):
+    """Both directions of one bidirectional layer: ``states`` and ``weights`` are (forward,
+    backward) pairs; returns ((output, final), (output, final)).  The two run concurrently
+    (:mod:`carousel.kernels.pair`) where that pays, else one after the other."""
+    _load()
+    module = _modules[cell.family]
+    H = weights[0].w_hh.size(1)
+    if not _pair_pays(cell, x, H):
+        return tuple(
+            module.sequence(cell, x, s, w, lengths, reverse)
+            for s, w, reverse in zip(states, weights, (False, True))
+        )
+    from carousel.kernels.pair import PairFunction
+
+    a = module.arguments(cell, x, states[0], weights[0], lengths, False)
+    b = module.arguments(cell, x, states[1], weights[1], lengths, True)
+    outputs = PairFunction.apply(module.FUNCTION, len(a), *a, *b)
+    k = len(outputs) // 2
+    return module.finish(outputs[:k]), module.finish(outputs[k:])

@@ -1,0 +1,293 @@
+"""Fused forward and hand-derived backward through time for the GRU (torch.nn.GRU's equations).
+
+The structure is the LSTM kernel's (see :mod:`carousel.kernels.lstm` and ``docs/bptt.md``,
+section GRU): input products for all steps before the loop, per step one MKL GEMM over the
+live rows and one fused elementwise pass, and the weight gradients as products over all steps.
+The GRU's candidate needs the recurrent share of n on its own (r multiplies it), so b_hn stays
+out of the input product and the backward pass keeps two gradients: dA_x for the input side
+and dA_h for the recurrent side.
+
+Shapes follow the legend in :mod:`carousel`: T, B, I, H, G = 3.
+"""
+
+from __future__ import annotations
+
+import numba
+import torch
+from torch.autograd.function import once_differentiable
+
+from carousel.kernels._mkl import (
+    JIT,
+    TR,
+    N,
+    copy,
+    prepare_pack,
+    restore_threads,
+    step_gemm,
+    step_threads,
+    vexp,
+    vtanh,
+)
+from carousel.kernels.common import Order, np_, scratch
+
+
+@numba.njit(**JIT)
+def gru_forward(gx, w_hh, b_hn, perm, lengths, nlive, rev, packed, h, out, ghn, work, z, si, sf):
+    """The forward time loop.
+
+    gx (T, B, 3H): in, W_ih x + b_ih + (b_hr, b_hz, 0); out, the activations r, z, n.
+    w_hh (3H, H); b_hn (H,).  h (B, H): initial state in kernel order, on return the final.
+    out (T, B, H) zeros: h_t.  ghn (T, B, H): W_hn h_{t−1} + b_hn.  work (B, 3H), z (4, B·H).
+    Short loops over contiguous rows, in the arrays' dtype, so that they vectorise.
+    """
+    T = gx.shape[0]
+    H = h.shape[1]
+    zr, zz, zn, zgh = z[0], z[1], z[2], z[3]
+    one = b_hn.dtype.type(1.0)
+    hf = h.reshape(-1)
+    pk = prepare_pack(packed, TR, nlive[0], 3 * H, H, w_hh, H)
+    old_threads = step_threads(nlive[0], 3 * H, H)
+    for t in range(T):
+        n = nlive[t]
+        m = n * H
+        # (n, 3H)
+        step_gemm(pk, packed, N, TR, n, 3 * H, H, h, H, w_hh, H, 0.0, work, 3 * H, si, sf)
+        for j in range(n):
+            b = perm[j]
+            pos = t if rev == 0 else lengths[b] - 1 - t
+            row = gx[pos, b]
+            wr = work[j]
+            base = j * H
+            for k in range(2 * H):
+                wr[k] += row[k]
+            for k in range(H):  # (G1) (G2), arguments negated for exp
+                zr[base + k] = -wr[k]
+            for k in range(H):
+                zz[base + k] = -wr[H + k]
+            for k in range(H):
+                zgh[base + k] = wr[2 * H + k] + b_hn[k]
+            copy(zn, base, row, 2 * H, H)
+        vexp(zr, m)
+        vexp(zz, m)
+        for q in range(m):
+            zr[q] = one / (one + zr[q])
+        for q in range(m):
+            zz[q] = one / (one + zz[q])
+        for q in range(m):  # (G3)
+            zn[q] += zr[q] * zgh[q]
+        vtanh(zn, m)
+        for q in range(m):  # (G4)
+            hf[q] = (one - zz[q]) * zn[q] + zz[q] * hf[q]
+        for j in range(n):
+            b = perm[j]
+            pos = t if rev == 0 else lengths[b] - 1 - t
+            row = gx[pos, b]
+            base = j * H
+            copy(row, 0, zr, base, H)
+            copy(row, H, zz, base, H)
+            copy(row, 2 * H, zn, base, H)
+            copy(ghn[pos, b], 0, zgh, base, H)
+            copy(out[pos, b], 0, h[j], 0, H)
+    restore_threads(old_threads)
+
+
+@numba.njit(**JIT)
+def gru_backward(
+    gates,
+    ghn,
+    out,
+    h0,
+    w_hh,
+    perm,
+    lengths,
+    nlive,
+    rev,
+    packed,
+    dout,
+    dh,
+    dax,
+    dah,
+    hprev,
+    dst,
+    z,
+    si,
+    sf,
+):
+    """The backward time loop (docs/bptt.md, GRU).
+
+    gates, ghn, out: saved by :func:`gru_forward`; h0 (B, H) batch order.  dout (T, B, H).
+    dh (B, H): in ∂L/∂h_n, out ∂L/∂h_0, kernel order.  dax, dah (T, B, 3H) zeros: gradients of
+    the input-side and recurrent-side pre-activations.  hprev (T, B, H) zeros.  dst (B, 3H),
+    z (9, B·H): scratch.
+    """
+    T = gates.shape[0]
+    H = dh.shape[1]
+    gr, gz, gn, zgh, zhp, dan, daz, dar, dahn = (
+        z[0], z[1], z[2], z[3], z[4], z[5], z[6], z[7], z[8],
+    )  # fmt: skip
+    one = dh.dtype.type(1.0)
+    dhf = dh.reshape(-1)
+    pk = prepare_pack(packed, N, nlive[0], H, 3 * H, w_hh, H)
+    old_threads = step_threads(nlive[0], 3 * H, H)
+    for t in range(T - 1, -1, -1):
+        n = nlive[t]
+        m = n * H
+        for j in range(n):  # gather this step's saved values into contiguous rows
+            b = perm[j]
+            pos = t if rev == 0 else lengths[b] - 1 - t
+            pp = pos - 1 if rev == 0 else pos + 1
+            row = gates[pos, b]
+            base = j * H
+            copy(gr, base, row, 0, H)
+            copy(gz, base, row, H, H)
+            copy(gn, base, row, 2 * H, H)
+            copy(zgh, base, ghn[pos, b], 0, H)
+            if t == 0:
+                copy(zhp, base, h0[b], 0, H)
+            else:
+                copy(zhp, base, out[pp, b], 0, H)
+            copy(hprev[pos, b], 0, zhp, base, H)
+            dhj = dh[j]
+            do = dout[pos, b]
+            for k in range(H):  # (GB1)
+                dhj[k] += do[k]
+        for q in range(m):  # (GB2)
+            dan[q] = dhf[q] * (one - gz[q]) * (one - gn[q] * gn[q])
+        for q in range(m):  # (GB3)
+            daz[q] = dhf[q] * (zhp[q] - gn[q]) * gz[q] * (one - gz[q])
+        for q in range(m):  # (GB4)
+            dar[q] = dan[q] * zgh[q] * gr[q] * (one - gr[q])
+        for q in range(m):  # (GB5) the recurrent side of n
+            dahn[q] = dan[q] * gr[q]
+        for q in range(m):  # (GB6), the direct path
+            dhf[q] = dhf[q] * gz[q]
+        for j in range(n):
+            b = perm[j]
+            pos = t if rev == 0 else lengths[b] - 1 - t
+            base = j * H
+            sr = dst[j]
+            copy(sr, 0, dar, base, H)
+            copy(sr, H, daz, base, H)
+            copy(sr, 2 * H, dahn, base, H)
+            copy(dah[pos, b], 0, sr, 0, 3 * H)
+            ax = dax[pos, b]
+            copy(ax, 0, sr, 0, 2 * H)
+            copy(ax, 2 * H, dan, base, H)
+        # (GB6) + δA_h W_hh
+        step_gemm(pk, packed, N, N, n, H, 3 * H, dst, 3 * H, w_hh, H, 1.0, dh, H, si, sf)
+    restore_threads(old_threads)
+
+
+class GRUFunction(torch.autograd.Function):
+    """One direction of one GRU layer over a whole sequence, fused."""
+
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
+        T, B, _ = x.shape
+        H = w_hh.shape[1]
+        dtype = x.dtype
+        order = Order(T, B, lengths)
+        x2 = x.reshape(T * B, -1)
+        bias = torch.zeros(3 * H, dtype=dtype)
+        if b_ih is not None:
+            bias += b_ih
+        b_hn = torch.zeros(H, dtype=dtype)
+        if b_hh is not None:
+            bias[: 2 * H] += b_hh[: 2 * H]
+            b_hn += b_hh[2 * H :]
+        gx = torch.addmm(bias, x2, w_ih.t()).view(T, B, 3 * H)  # all steps in one product
+        h = order.sort(h0)
+        out = order.buffer(T, B, H, dtype=dtype)
+        ghn = torch.empty(T, B, H, dtype=dtype)
+        work = torch.empty(B, 3 * H, dtype=dtype)
+        z = torch.empty(4, B * H, dtype=dtype)
+        si, sf = scratch(dtype)
+        perm, lens, nlive = order.arrays()
+        w_hh_c = w_hh.detach().contiguous()
+        gru_forward(
+            np_(gx),
+            np_(w_hh_c),
+            np_(b_hn),
+            perm,
+            lens,
+            nlive,
+            int(reverse),
+            order.packed(dtype),
+            np_(h),
+            np_(out),
+            np_(ghn),
+            np_(work),
+            np_(z),
+            si,
+            sf,
+        )
+        ctx.save_for_backward(x, h0, w_ih, w_hh_c, gx, ghn, out)
+        ctx.order, ctx.reverse = order, reverse
+        ctx.has_bias = (b_ih is not None, b_hh is not None)
+        return out, order.unsort(h)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout, dh_n):
+        x, h0, w_ih, w_hh, gates, ghn, out = ctx.saved_tensors
+        order = ctx.order
+        T, B, _ = x.shape
+        H = w_hh.shape[1]
+        dtype = x.dtype
+        dh = order.sort(dh_n)
+        dax = order.buffer(T, B, 3 * H, dtype=dtype)
+        dah = order.buffer(T, B, 3 * H, dtype=dtype)
+        hprev = order.buffer(T, B, H, dtype=dtype)
+        dst = torch.empty(B, 3 * H, dtype=dtype)
+        z = torch.empty(9, B * H, dtype=dtype)
+        si, sf = scratch(dtype)
+        perm, lens, nlive = order.arrays()
+        gru_backward(
+            np_(gates),
+            np_(ghn),
+            np_(out),
+            np_(h0.contiguous()),
+            np_(w_hh),
+            perm,
+            lens,
+            nlive,
+            int(ctx.reverse),
+            order.packed(dtype),
+            np_(dout.contiguous()),
+            np_(dh),
+            np_(dax),
+            np_(dah),
+            np_(hprev),
+            np_(dst),
+            np_(z),
+            si,
+            sf,
+        )
+        nd = ctx.needs_input_grad
+        dax2, dah2 = dax.view(T * B, 3 * H), dah.view(T * B, 3 * H)  # (GB7), all steps at once
+        dx = dax2.mm(w_ih).view(T, B, -1) if nd[0] else None
+        dh0 = order.unsort(dh) if nd[1] else None
+        dw_ih = dax2.t().mm(x.reshape(T * B, -1)) if nd[2] else None
+        dw_hh = dah2.t().mm(hprev.view(T * B, H)) if nd[3] else None
+        db_ih = dax2.sum(0) if ctx.has_bias[0] and nd[4] else None
+        db_hh = dah2.sum(0) if ctx.has_bias[1] and nd[5] else None
+        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None
+
+
+def arguments(cell, x, state, weights, lengths, reverse) -> tuple:
+    """The arguments of :class:`GRUFunction` for one direction of one layer."""
+    return (x, state[0], weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, lengths, reverse)
+
+
+def finish(outputs):
+    """(output, final state) from :class:`GRUFunction`'s outputs."""
+    out, h_n = outputs
+    return out, (h_n,)
+
+
+FUNCTION = GRUFunction
+
+
+def sequence(cell, x, state, weights, lengths, reverse):
+    """The fused GRU backend (the signature of ``reference_sequence``)."""
+    return finish(GRUFunction.apply(*arguments(cell, x, state, weights, lengths, reverse)))
