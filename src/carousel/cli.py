@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from carousel.cells import CELLS
 from carousel.config import add_config_arguments, overrides_from_args, resolve_config
+from carousel.lm import cli as lm_cli
 
 
 def cmd_cells(args: argparse.Namespace) -> int:
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="demo", help="preset name or TOML file (default demo)")
     add_config_arguments(p, _demo_config())
     p.set_defaults(func=cmd_demo)
+    lm_cli.register(sub)
     return parser
 
 
