@@ -277,7 +277,7 @@ def test_ctrl_c_saves_and_evaluates(tmp_path, corpus):
         time.sleep(0.05)
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted" in err
     _, meta = load_checkpoint(run)
