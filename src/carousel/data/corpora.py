@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -65,9 +66,14 @@ class Vocab:
             return list(text)
         return [tok for line in text.splitlines() if line.split() for tok in [*line.split(), EOS]]
 
-    def encode(self, tokens: Sequence[str], where: str = "the text") -> Tensor:
-        """Token ids (int64).  Unknown words become ``<unk>`` when the vocabulary has it;
-        otherwise an unknown token raises ``ValueError``."""
+    def encode(self, tokens: Sequence[str] | str, where: str = "the text") -> Tensor:
+        """Token ids (int64) of a token list (or, for characters, a string).  Unknown words
+        become ``<unk>`` when the vocabulary has it; otherwise an unknown token raises
+        ``ValueError``."""
+        if isinstance(tokens, str):
+            if self.level != "char":
+                raise ValueError("only a character vocabulary encodes a plain string")
+            return self._encode_chars(tokens, where)
         index = self.index
         unk = index.get(UNK) if self.level == "word" else None
         ids = []
@@ -80,6 +86,20 @@ class Vocab:
                 )
             ids.append(i)
         return torch.tensor(ids, dtype=torch.int64)
+
+    def _encode_chars(self, text: str, where: str) -> Tensor:
+        """Characters to ids through their code points (fast for megabytes of text)."""
+        if any(len(t) != 1 for t in self.tokens):
+            return self.encode(list(text), where)
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        table = np.array([ord(t) for t in self.tokens], dtype=np.uint32)
+        order = np.argsort(table)
+        pos = np.searchsorted(table[order], codes).clip(0, len(table) - 1)
+        found = table[order][pos] == codes
+        if not found.all():
+            bad = chr(int(codes[np.argmin(found)]))
+            return self.encode([bad], where)  # raises the vocabulary-mismatch error
+        return torch.from_numpy(order[pos].astype(np.int64))
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids``: characters joined, words joined by spaces with ``<eos>`` as a
@@ -275,4 +295,4 @@ def load_corpus(
         if len(valid_text) < 2 or len(train_text) < 2:
             raise ValueError(f"{data} is too short to split into training and validation text")
     vocab = Vocab(tuple(sorted(set(train_text) | set(valid_text))), "char")
-    return Corpus(vocab, vocab.encode(list(train_text)), vocab.encode(list(valid_text)))
+    return Corpus(vocab, vocab.encode(train_text, str(data)), vocab.encode(valid_text, str(data)))

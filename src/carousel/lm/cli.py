@@ -51,7 +51,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     model, vocab, cfg, _ = load_lm(args.checkpoint)
     text = read_text(args.data)
-    tokens = vocab.split(text)
+    tokens = text if vocab.level == "char" else vocab.split(text)
     if not tokens:
         raise ValueError(f"{args.data} holds no lines of tokens")
     ids = vocab.encode(tokens, str(args.data))
