@@ -56,9 +56,7 @@ def step_time(model: RNNLM, vocab: int, cfg: LMConfig, steps: int) -> tuple[floa
         y, _ = model.rnn(emb)
         t2 = time.perf_counter()
         out = y.detach().requires_grad_()
-        loss = nn.functional.cross_entropy(
-            model.decoder(out).reshape(-1, vocab), x[1:].reshape(-1)
-        )
+        loss = nn.functional.cross_entropy(model.decoder(out).reshape(-1, vocab), x[1:].reshape(-1))
         opt.zero_grad()
         loss.backward()
         t3 = time.perf_counter()
