@@ -52,7 +52,7 @@ def test_char_corpus_split_and_vocab(tmp_path):
     c = load_corpus(str(path), "char")
     assert c.train.numel() == 90 and c.valid.numel() == 10
     assert c.vocab.decode(c.train[:10].tolist()) == "abcdefghij"
-    text = "jabbed\nfig"
+    text = "jabbedfigchief"
     assert torch.equal(c.vocab.encode(text), c.vocab.encode(list(text)))
     valid = tmp_path / "v.txt"
     valid.write_text("jihgfé", encoding="utf-8")
