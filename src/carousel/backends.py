@@ -76,17 +76,19 @@ def reference_sequence(
     """
     if reverse:
         x = reverse_padded(x, lengths)
+    T = x.size(0)
     gx = F.linear(x, weights.w_ih, weights.b_ih)  # (T, B, G·H): all steps in one product
+    if lengths is not None:
+        live = (torch.arange(T, device=x.device).unsqueeze(1) < lengths).unsqueeze(2)  # (T, B, 1)
     outputs = []
-    for t in range(x.size(0)):
+    for t in range(T):
         new = cell.step(gx[t], state, weights.w_hh, weights.b_hh, weights.peep)
         if lengths is None:
             state = new
             outputs.append(new[0])
         else:
-            live = (t < lengths).unsqueeze(1)  # (B, 1)
-            state = tuple(torch.where(live, n, o) for n, o in zip(new, state))
-            outputs.append(torch.where(live, new[0], 0.0))
+            state = tuple(torch.where(live[t], n, o) for n, o in zip(new, state))
+            outputs.append(torch.where(live[t], new[0], 0.0))
     output = torch.stack(outputs)  # (T, B, H)
     if reverse:
         output = reverse_padded(output, lengths)

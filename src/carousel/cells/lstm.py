@@ -132,16 +132,15 @@ def lstm_step(
     gx = W_ih x_t + b_ih is (B, G·H); h, s are (B, H); returns (h_t, s_t).
     """
     a = dict(zip(opt.gates(), (gx + F.linear(h, w_hh, b_hh)).chunk(opt.num_gates, dim=1)))
-    one = torch.ones((), dtype=h.dtype, device=h.device)
     g = ACTIVATIONS[opt.input_activation](a["g"])
-    i = torch.sigmoid(a["i"] + peep["ci"] * s if "ci" in peep else a["i"]) if "i" in a else one
+    i = torch.sigmoid(a["i"] + peep["ci"] * s if "ci" in peep else a["i"]) if "i" in a else 1.0
     if opt.coupled:
         f = 1 - i
     elif "f" in a:
         f = torch.sigmoid(a["f"] + peep["cf"] * s if "cf" in peep else a["f"])
     else:
-        f = one
+        f = 1.0
     s = f * s + i * g
-    o = torch.sigmoid(a["o"] + peep["co"] * s if "co" in peep else a["o"]) if "o" in a else one
+    o = torch.sigmoid(a["o"] + peep["co"] * s if "co" in peep else a["o"]) if "o" in a else 1.0
     h = o * ACTIVATIONS[opt.output_activation](s)
     return h, s

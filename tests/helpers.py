@@ -1,0 +1,45 @@
+"""Small utilities shared by the test files."""
+
+from __future__ import annotations
+
+import torch
+from torch.func import functional_call
+
+import carousel
+
+
+def as_tuple(state):
+    return state if isinstance(state, tuple) else (state,)
+
+
+def layer_function(layer: carousel.RecurrentLayer, **forward_kwargs):
+    """``f(x, *states, *params) -> (output, *final_states)`` for gradcheck and friends."""
+    names = [n for n, _ in layer.named_parameters()]
+    n_states = len(layer.cell.state_names)
+
+    def f(x, *rest):
+        states, params = rest[:n_states], rest[n_states:]
+        hx = states[0] if n_states == 1 else tuple(states)
+        out, h = functional_call(layer, dict(zip(names, params)), (x, hx), forward_kwargs)
+        return (out, *as_tuple(h))
+
+    return f
+
+
+def random_state(layer: carousel.RecurrentLayer, batch: int, dtype=torch.float64):
+    """One random (L·D, B, H) tensor per state name, requiring grad."""
+    shape = (layer.num_layers * layer.num_directions, batch, layer.hidden_size)
+    return tuple(
+        torch.randn(shape, dtype=dtype, requires_grad=True) for _ in layer.cell.state_names
+    )
+
+
+def grads(outputs, inputs):
+    """Gradients of a fixed random projection of ``outputs`` w.r.t. ``inputs``."""
+    gen = torch.Generator().manual_seed(1)
+    loss = sum(
+        (o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum()
+        for o in outputs
+        if o is not None
+    )
+    return torch.autograd.grad(loss, inputs, allow_unused=True)
