@@ -21,6 +21,8 @@ def init(device: torch.device) -> tuple[int, int]:
     world = world_size_from_env()
     if world <= 1:
         return 0, 1
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size()
@@ -47,9 +49,12 @@ def gather(t: Tensor, dim: int) -> Tensor:
     """Every process's ``t`` concatenated along ``dim`` in rank order (itself when alone)."""
     if not active():
         return t
+    home = t.device
+    if dist.get_backend() == "nccl":  # nccl gathers CUDA tensors only
+        t = t.to(torch.device("cuda", torch.cuda.current_device()))
     parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, t.contiguous())
-    return torch.cat(parts, dim=dim)
+    return torch.cat(parts, dim=dim).to(home)
 
 
 def barrier() -> None:

@@ -3,9 +3,8 @@
 Reusable parts: :func:`make_optimizer` (torch.optim SGD or Adam), :func:`set_lr`,
 :func:`clip_gradients`, :class:`MetricsLog` (one JSON object a line in ``metrics.jsonl``),
 :func:`plot_metrics` (the PNG of training and validation curves), :class:`StopFlag` (Ctrl-C
-finishes the current step, then the loop saves and evaluates before leaving),
-:func:`rng_tensors` / :func:`restore_rng` (exact resume) and :class:`RunDir` (the files of
-a run).
+finishes the current step, then the loop saves and evaluates before leaving) and
+:class:`RunDir` (the files of a run); checkpoints are :mod:`carousel.checkpoint`.
 
 :func:`train_lm` is the language-modelling loop: truncated BPTT over B streams with the
 state carried across batches, evaluation every epoch (and every ``eval_every`` steps),
@@ -192,20 +191,6 @@ class StopFlag:
         self.requested = True
 
 
-def rng_tensors() -> dict[str, Tensor]:
-    """The random number generators' states (CPU, and CUDA when present) as tensors."""
-    out = {"rng.cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        out["rng.cuda"] = torch.cuda.get_rng_state()
-    return out
-
-
-def restore_rng(tensors: dict[str, Tensor]) -> None:
-    torch.set_rng_state(tensors["rng.cpu"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
-
-
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -352,7 +337,9 @@ def train_lm(
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         optimizer.load_state_dict(unflatten_state(meta["optimizer"], tensors))
         cursor = _Cursor(**meta["cursor"])
-        restore_rng({"rng.cpu": tensors.get(f"rng.cpu.{rank}", tensors["rng.cpu.0"])})
+        torch.set_rng_state(tensors.get(f"rng.cpu.{rank}", tensors["rng.cpu.0"]))
+        if device.type == "cuda" and "rng.cuda.0" in tensors:
+            torch.cuda.set_rng_state(tensors.get(f"rng.cuda.{rank}", tensors["rng.cuda.0"]), device)
         carried = [tensors[f"state.{i}"] for i in range(meta["state_parts"])]
         if carried:
             per = carried[0].size(1) // world
@@ -401,11 +388,13 @@ def train_lm(
         last_saved[0] = cursor.step
         carried = () if state is None else ((state,) if isinstance(state, Tensor) else state)
         full = [ddp.gather(s.detach(), dim=1) for s in carried]  # each (L, B, H)
-        rngs = ddp.gather(torch.get_rng_state().unsqueeze(0), dim=0)
+        rngs = {"cpu": ddp.gather(torch.get_rng_state().unsqueeze(0), dim=0)}
+        if device.type == "cuda":
+            rngs["cuda"] = ddp.gather(torch.cuda.get_rng_state(device).unsqueeze(0), dim=0)
         if main:
             out = {f"model.{k}": v for k, v in model.state_dict().items()}
             out |= {f"state.{i}": s for i, s in enumerate(full)}
-            out |= {f"rng.cpu.{r}": rngs[r] for r in range(rngs.size(0))}
+            out |= {f"rng.{d}.{r}": g[r] for d, g in rngs.items() for r in range(g.size(0))}
             optim_json = flatten_state("optim", optimizer.state_dict(), out)
             save_checkpoint(
                 paths.checkpoint,
