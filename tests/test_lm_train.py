@@ -181,10 +181,12 @@ def test_presets_resolve():
 
     small = resolve_config(LMConfig, "zaremba-small")
     assert (small.hidden_size, small.num_layers, small.epochs, small.bptt) == (200, 2, 13, 20)
-    assert [round(small.lr_at(e), 4) for e in range(6)] == [1, 1, 1, 1, 0.5, 0.25]
+    # Zaremba's lr 1 and clip 5 on a loss summed over 20 steps = lr 20, clip 0.25 on the mean
+    assert [round(small.lr_at(e), 4) for e in range(6)] == [20, 20, 20, 20, 10, 5]
+    assert small.clip == 0.25
     medium = resolve_config(LMConfig, "zaremba-medium")
-    assert medium.dropout == 0.5 and medium.clip == 5 and medium.bptt == 35
-    assert medium.lr_at(5) == 1 and medium.lr_at(6) == pytest.approx(1 / 1.2)
+    assert medium.dropout == 0.5 and medium.clip == pytest.approx(5 / 35) and medium.bptt == 35
+    assert medium.lr_at(5) == 35 and medium.lr_at(6) == pytest.approx(35 / 1.2)
     for name in ("zaremba-large", "char-small", "char-medium"):
         resolve_config(LMConfig, name)
 
