@@ -45,10 +45,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _threads(args: argparse.Namespace) -> None:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be positive; got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from carousel.data.corpora import read_text
     from carousel.train import LOG2, evaluate, load_lm
 
+    _threads(args)
     model, vocab, cfg, _ = load_lm(args.checkpoint)
     text = read_text(args.data)
     tokens = text if vocab.level == "char" else vocab.split(text)
@@ -75,6 +85,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from carousel.lm.sample import generate, top_continuations
     from carousel.train import load_lm
 
+    _threads(args)
     model, vocab, _, _ = load_lm(args.checkpoint)
     prime = args.prime
     if prime is None:
@@ -130,6 +141,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="UTF-8 text (characters) or token file (words)")
     p.add_argument("--batch-size", type=int, default=10)
     p.add_argument("--bptt", type=int, default=None, help="default: the training run's")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("sample", help="generate text from a checkpoint, streamed")
