@@ -158,6 +158,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="print the N most likely next tokens after --prime instead",
     )
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("plot", help="PNG of a run's training and validation curves")
