@@ -33,6 +33,7 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/cells.py
+	$(BIN)/python bench/lm.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
