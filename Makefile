@@ -22,11 +22,18 @@ lint: install
 test: lint
 	$(BIN)/python -m pytest -q
 
+# a new run folder each time, so a second `make demo` never touches the first one's files
+DEMO_RUN := runs/demo-$(shell date +%Y%m%d-%H%M%S)
+
 demo: install
-	$(BIN)/carousel demo
+	$(BIN)/carousel train --preset char-small --out $(DEMO_RUN)
+	@echo "--- sample (temperature 0.8, top-k 40) ---"
+	$(BIN)/carousel sample $(DEMO_RUN) --prime "Rom." --temperature 0.8 --top-k 40 --length 500 --seed 1
+	@echo "curves: $(DEMO_RUN)/curves.png"
 
 bench: install
 	$(BIN)/python bench/cells.py --loop --output BENCHMARKS.md
+	$(BIN)/python bench/lm.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

@@ -17,19 +17,37 @@ def test_cells_lists_the_registry(capsys):
     assert "cifg" in out and "peepholes=ci,co" in out
 
 
-def test_demo_runs_a_tiny_training(capsys):
-    assert main(["demo", "--steps", "2", "--hidden-size", "8", "--cell", "gru"]) == 0
+def test_train_runs_a_tiny_training(tmp_path, capsys):
+    data = tmp_path / "t.txt"
+    data.write_text("to be or not to be, that is the question\n" * 20, encoding="utf-8")
+    argv = [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--max-steps",
+        "2",
+        "--hidden-size",
+        "8",
+        "--cell",
+        "gru",
+        "--batch-size",
+        "2",
+        "--no-progress",
+    ]
+    assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "step    2  loss" in out and "--- sample" in out
+    assert "trained 2 steps" in out and "curves:" in out
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["demo", "--steps", "0"], "carousel demo: error: steps must be at least 1; got 0"),
-        (["demo", "--cell", "lstm3"], "carousel demo: error: unknown cell 'lstm3'"),
-        (["demo", "--lr", "x"], "carousel demo: error: DemoConfig.lr must be a number; got 'x'"),
-        (["demo", "--preset", "nope"], "carousel demo: error: unknown preset 'nope'"),
+        (["train", "--max-steps", "0"], "carousel train: error: max_steps must be positive"),
+        (["train", "--cell", "lstm3"], "carousel train: error: unknown cell 'lstm3'"),
+        (["train", "--lr", "x"], "carousel train: error: LMConfig.lr must be a number; got 'x'"),
+        (["train", "--preset", "nope"], "carousel train: error: unknown preset 'nope'"),
     ],
 )
 def test_user_errors_are_one_line(argv, message, capsys):

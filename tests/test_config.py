@@ -62,9 +62,9 @@ def test_bad_settings_name_what_was_expected(data, message):
 
 
 def test_presets(tmp_path):
-    assert "demo" in preset_names()
-    assert load_preset("demo")["cell"] == "lstm"
-    with pytest.raises(ValueError, match=r"unknown preset 'nope'; built in: .*demo"):
+    assert "char-small" in preset_names()
+    assert load_preset("char-small")["cell"] == "lstm"
+    with pytest.raises(ValueError, match=r"unknown preset 'nope'; built in: .*char-small"):
         load_preset("nope")
     bad = tmp_path / "bad.toml"
     bad.write_text("cell = \n")

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from carousel.cells import CELLS
-from carousel.config import add_config_arguments, overrides_from_args, resolve_config
+from carousel.lm import cli as lm_cli
 
 
 def cmd_cells(args: argparse.Namespace) -> int:
@@ -24,19 +24,6 @@ def cmd_cells(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from carousel.demo import DemoConfig, run_demo
-
-    run_demo(resolve_config(DemoConfig, args.preset, overrides_from_args(args)))
-    return 0
-
-
-def _demo_config() -> type:
-    from carousel.demo import DemoConfig
-
-    return DemoConfig
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="carousel", description="Recurrent sequence learning: RNN, LSTM family, GRU."
@@ -44,10 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("cells", help="list the registered cells and LSTM variants")
     p.set_defaults(func=cmd_cells)
-    p = sub.add_parser("demo", help="train a small character model and print a sample")
-    p.add_argument("--preset", default="demo", help="preset name or TOML file (default demo)")
-    add_config_arguments(p, _demo_config())
-    p.set_defaults(func=cmd_demo)
+    lm_cli.register(sub)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Data for carousel jobs: corpora, batching and synthetic tasks."""

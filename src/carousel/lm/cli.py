@@ -1,0 +1,167 @@
+"""The language-modelling commands: ``carousel train``, ``eval``, ``sample`` and ``plot``.
+
+``carousel train [JOB]`` takes the job's name as an optional first word; ``lm`` (the language
+model) is the only job today and the default, so ``carousel train --preset char-small`` and
+``carousel train lm --preset char-small`` are the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from carousel.config import add_config_arguments, overrides_from_args, resolve_config
+from carousel.lm.config import LMConfig
+
+TRAIN_JOBS = ("lm",)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from carousel import distributed as ddp
+    from carousel.train import describe_loss, plot_metrics, train_lm
+
+    overrides = overrides_from_args(args)
+    if args.resume:
+        if args.out or args.preset:
+            raise ValueError("--resume continues a run with its own settings; drop --out/--preset")
+        run = Path(args.resume)
+        summary = train_lm(None, run, resume=True, overrides=overrides, progress=args.progress)
+    else:
+        cfg = resolve_config(LMConfig, args.preset, overrides)
+        run = Path(args.out or Path("runs") / Path(args.preset or "lm").stem)
+        summary = train_lm(cfg, run, progress=args.progress)
+    if ddp.rank() == 0:
+        from carousel.train import load_lm
+
+        level = load_lm(run / "checkpoint.safetensors")[2].level
+        loss = summary["valid_loss"]
+        shown = describe_loss(loss, level) if math.isfinite(loss) else "not evaluated"
+        print(f"trained {summary['step']} steps ({summary['reason']}); validation {shown}")
+        print(f"checkpoint: {run / 'checkpoint.safetensors'}")
+        print(f"curves: {plot_metrics(run)}")
+    ddp.shutdown()
+    return 0
+
+
+def _threads(args: argparse.Namespace) -> None:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be positive; got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from carousel.data.corpora import read_text
+    from carousel.train import LOG2, evaluate, load_lm
+
+    _threads(args)
+    model, vocab, cfg, _ = load_lm(args.checkpoint)
+    text = read_text(args.data)
+    tokens = text if vocab.level == "char" else vocab.split(text)
+    if not tokens:
+        raise ValueError(f"{args.data} holds no lines of tokens")
+    ids = vocab.encode(tokens, str(args.data))
+    if ids.numel() < 2:
+        raise ValueError(f"{args.data} is too short to evaluate (fewer than 2 tokens)")
+    loss = evaluate(model, ids, args.batch_size, args.bptt or cfg.bptt)
+    if vocab.level == "char":
+        print(
+            f"{args.data}: {ids.numel()} characters, {loss / LOG2:.4f} bits/char, "
+            f"{loss:.4f} nats/char"
+        )
+    else:
+        print(
+            f"{args.data}: {ids.numel()} words, perplexity {math.exp(loss):.2f}, "
+            f"{loss:.4f} nats/word"
+        )
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from carousel.lm.sample import generate, top_continuations
+    from carousel.train import load_lm
+
+    _threads(args)
+    model, vocab, _, _ = load_lm(args.checkpoint)
+    prime = args.prime
+    if prime is None:
+        prime = "\n" if vocab.level == "char" and "\n" in vocab.index else vocab.tokens[0]
+        if vocab.level == "word" and "<eos>" in vocab.index:
+            prime = "<eos>"
+    if args.top:
+        for token, p in top_continuations(model, vocab, prime, args.top):
+            print(f"{p:8.4f}  {token!r}")
+        return 0
+    out = sys.stdout
+    out.write(prime if vocab.level == "char" else prime + " ")
+    generate(
+        model,
+        vocab,
+        prime,
+        args.length,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        seed=args.seed,
+        emit=lambda s: (out.write(s), out.flush()),
+    )
+    out.write("\n")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from carousel.train import plot_metrics
+
+    print(plot_metrics(args.run, args.out))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``train``, ``eval``, ``sample`` and ``plot`` to the ``carousel`` command."""
+    p = sub.add_parser("train", help="train a language model (characters or words)")
+    p.add_argument(
+        "job",
+        nargs="?",
+        choices=TRAIN_JOBS,
+        default="lm",
+        help="what to train (default lm: a language model)",
+    )
+    p.add_argument("--preset", help="preset name (zaremba-small, char-small, ...) or TOML file")
+    p.add_argument("--out", help="run folder to create (default runs/PRESET)")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN exactly")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_config_arguments(p, LMConfig)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="loss of a checkpoint on a text or token file")
+    p.add_argument("checkpoint", help="checkpoint file or run folder")
+    p.add_argument("--data", required=True, help="UTF-8 text (characters) or token file (words)")
+    p.add_argument("--batch-size", type=int, default=10)
+    p.add_argument("--bptt", type=int, default=None, help="default: the training run's")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("sample", help="generate text from a checkpoint, streamed")
+    p.add_argument("checkpoint", help="checkpoint file or run folder")
+    p.add_argument("--prime", default=None, help="text to start from")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--length", type=int, default=500)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--top",
+        type=int,
+        default=0,
+        metavar="N",
+        help="print the N most likely next tokens after --prime instead",
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("plot", help="PNG of a run's training and validation curves")
+    p.add_argument("run", help="run folder (holds metrics.jsonl)")
+    p.add_argument("--out", default=None, help="PNG path (default RUN/curves.png)")
+    p.set_defaults(func=cmd_plot)

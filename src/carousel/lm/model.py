@@ -1,0 +1,43 @@
+"""The language model: embedding → stacked recurrent layers → linear softmax.
+
+Dropout acts on the non-recurrent connections only (Zaremba et al., 2014): on the embedding's
+output, between stacked layers (the layer's own ``dropout``) and on the last layer's output;
+the recurrent state is never dropped.  With ``tie_weights`` the output layer reuses the
+embedding matrix (Press & Wolf, 2017).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from carousel.layers import State, make_layer
+from carousel.lm.config import LMConfig
+
+
+class RNNLM(nn.Module):
+    """Token ids (T, B) → logits (T, B, V) and the final recurrent state.
+
+    Args:
+        vocab_size: V, tokens in the vocabulary.
+        cfg: the run's settings (``cell``, ``embed_size``, ``hidden_size``, ``num_layers``,
+            ``dropout``, ``tie_weights``).
+    """
+
+    def __init__(self, vocab_size: int, cfg: LMConfig) -> None:
+        super().__init__()
+        E, H = cfg.embed, cfg.hidden_size
+        self.embedding = nn.Embedding(vocab_size, E)
+        self.drop = nn.Dropout(cfg.dropout)
+        between = cfg.dropout if cfg.num_layers > 1 else 0.0
+        self.rnn = make_layer(cfg.cell, E, H, num_layers=cfg.num_layers, dropout=between)
+        self.decoder = nn.Linear(H, vocab_size)
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+        if cfg.tie_weights:
+            self.decoder.weight = self.embedding.weight
+
+    def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        x = self.drop(self.embedding(ids))  # (T, B, E)
+        y, state = self.rnn(x, state)  # (T, B, H)
+        return self.decoder(self.drop(y)), state  # (T, B, V)
