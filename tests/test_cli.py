@@ -61,3 +61,11 @@ def test_module_entry_point():
         [sys.executable, "-m", "carousel", "cells"], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0 and "peephole" in done.stdout
+
+
+def test_train_takes_a_job_and_defaults_to_the_language_model(capsys):
+    assert main(["train", "lm", "--max-steps", "0"]) == 2
+    assert "max_steps must be positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "lm" in capsys.readouterr().out

@@ -2,7 +2,8 @@
 
 Each command is a module-level function taking the parsed arguments; errors a user can fix
 (``ValueError``, ``OSError``) are printed as one line on stderr with exit status 2, never as a
-traceback.
+traceback.  ``carousel train JOB`` trains one of the jobs (``lm``, the default when no job is
+named); each job module registers its own ``train`` job and commands.
 """
 
 from __future__ import annotations
@@ -31,12 +32,34 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("cells", help="list the registered cells and LSTM variants")
     p.set_defaults(func=cmd_cells)
-    lm_cli.register(sub)
+    train = sub.add_parser("train", help="train a model: JOB is lm (the default), ...")
+    jobs = train.add_subparsers(dest="job", required=True, metavar="JOB")
+    lm_cli.register(sub, jobs)
     return parser
 
 
+DEFAULT_JOB = "lm"
+
+
+def _with_default_job(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``carousel train --preset x`` means ``carousel train lm --preset x``."""
+    if argv[:1] != ["train"] or argv[1:2] in (["-h"], ["--help"]):
+        return argv
+    jobs = _subcommands(_subcommands(parser)["train"])
+    if argv[1:2] and argv[1] in jobs:
+        return argv
+    return ["train", DEFAULT_JOB, *argv[1:]]
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(_with_default_job(parser, argv))
     try:
         return args.func(args)
     except (ValueError, OSError) as err:

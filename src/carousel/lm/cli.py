@@ -1,8 +1,8 @@
-"""The language-modelling commands: ``carousel train``, ``eval``, ``sample`` and ``plot``.
+"""The language-modelling commands: ``carousel train [lm]``, ``eval``, ``sample`` and ``plot``.
 
-``carousel train [JOB]`` takes the job's name as an optional first word; ``lm`` (the language
-model) is the only job today and the default, so ``carousel train --preset char-small`` and
-``carousel train lm --preset char-small`` are the same command.
+``lm`` is the default job of ``carousel train`` (see :mod:`carousel.cli`), so
+``carousel train --preset char-small`` and ``carousel train lm --preset char-small`` are the
+same command.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from pathlib import Path
 
 from carousel.config import add_config_arguments, overrides_from_args, resolve_config
 from carousel.lm.config import LMConfig
-
-TRAIN_JOBS = ("lm",)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -119,16 +117,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``train``, ``eval``, ``sample`` and ``plot`` to the ``carousel`` command."""
-    p = sub.add_parser("train", help="train a language model (characters or words)")
-    p.add_argument(
-        "job",
-        nargs="?",
-        choices=TRAIN_JOBS,
-        default="lm",
-        help="what to train (default lm: a language model)",
-    )
+def register(sub: argparse._SubParsersAction, jobs: argparse._SubParsersAction) -> None:
+    """Add the ``lm`` job to ``carousel train`` and ``eval``, ``sample``, ``plot`` to
+    ``carousel``."""
+    p = jobs.add_parser("lm", help="a language model of characters or words (the default)")
     p.add_argument("--preset", help="preset name (zaremba-small, char-small, ...) or TOML file")
     p.add_argument("--out", help="run folder to create (default runs/PRESET)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN exactly")
