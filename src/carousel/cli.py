@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="demo", help="preset name or TOML file (default demo)")
     add_config_arguments(p, _demo_config())
     p.set_defaults(func=cmd_demo)
+    __import__("carousel.lag.cli", fromlist=["register"]).register(sub)
     return parser
 
 
