@@ -121,13 +121,27 @@ def test_rnn_gradient_vanishes_below_and_grows_above_radius_one():
 
 def test_gradflow_writes_pngs(tmp_path, capsys):
     cfg = GradflowConfig(
-        cell="rnn", T=12, hidden_size=4, train_steps=2, out=str(tmp_path / "g.png")
+        cell="rnn",
+        T=12,
+        train_T=10,
+        hidden_size=4,
+        train_steps=2,
+        clip_steps=3,
+        out=str(tmp_path / "g.png"),
     )
     res = run_gradflow(cfg, log=print)
     assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "g-clip.png").read_bytes()[:4] == b"\x89PNG"
     assert set(res["measured"]) == {"rnn ρ=0.9", "rnn ρ=3"}
-    assert "rnn ρ=0.9: at distances" in capsys.readouterr().out
+    assert set(res["clip"]) == {
+        "Adam, clip 1",
+        "Adam, no clipping",
+        "SGD, clip 1",
+        "SGD, no clipping",
+    }
+    assert all(len(losses) == 3 for losses, _ in res["clip"].values())
+    out = capsys.readouterr().out
+    assert "rnn ρ=0.9: at distances" in out and "trained with SGD, no clipping" in out
 
 
 def test_cli_lag_runs_and_writes_json(tmp_path, capsys):

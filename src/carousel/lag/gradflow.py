@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 from pathlib import Path
 
 import torch
@@ -34,8 +35,11 @@ class GradflowConfig:
     batch_size: int = 32
     radius_low: float = 0.9  # spectral radius of the RNN's W_hh, vanishing case
     radius_high: float = 3.0  # exploding case
-    train_steps: int = 300  # minibatches of training before the second measurement
-    lr: float = 0.01
+    train_T: int = 100  # length of the (fixed-length) adding sequences trained on
+    train_steps: int = 2500  # minibatches of training before the second measurement
+    clip_steps: int = 300  # minibatches of each run of the clipping comparison (at T)
+    lr: float = 0.01  # Adam
+    sgd_lr: float = 0.1  # plain SGD, in the clipping comparison
     clip: float = 1.0  # clipping used in training (and compared with none for the RNN)
     seed: int = 0
     threads: int = 1
@@ -44,13 +48,19 @@ class GradflowConfig:
     def validate(self) -> None:
         if self.cell != "all" and self.cell not in CELLS:
             raise ValueError(f"unknown cell {self.cell!r}; known: all, {', '.join(CELLS)}")
-        if self.T < MIN_T:
-            raise ValueError(f"T must be at least {MIN_T}; got {self.T}")
+        for name in ("T", "train_T"):
+            if getattr(self, name) < MIN_T:
+                raise ValueError(f"{name} must be at least {MIN_T}; got {getattr(self, name)}")
         for name in ("hidden_size", "batch_size", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
-        if self.train_steps < 0 or not self.lr > 0 or not self.clip > 0:
-            raise ValueError("train_steps must be ≥ 0, lr and clip positive")
+        if (
+            min(self.train_steps, self.clip_steps) < 0
+            or not min(self.lr, self.sgd_lr, self.clip) > 0
+        ):
+            raise ValueError(
+                "train_steps and clip_steps must be ≥ 0, and lr, sgd_lr and clip positive"
+            )
         if not 0 < self.radius_low < 1 < self.radius_high:
             raise ValueError(
                 f"need 0 < radius_low < 1 < radius_high; got {self.radius_low}, {self.radius_high}"
@@ -128,18 +138,30 @@ def state_gradients(net: Net, x: Tensor, target: Tensor) -> dict[str, Tensor]:
     return out
 
 
-def train(net: Net, cfg: GradflowConfig, clip: float | None, gen: torch.Generator):
-    """``cfg.train_steps`` Adam steps on the adding problem of length T; returns per-step
-    (loss, gradient norm before clipping)."""
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+def train(
+    net: Net,
+    cfg: GradflowConfig,
+    clip: float | None,
+    gen: torch.Generator,
+    sgd: bool = False,
+    *,
+    steps: int,
+    T: int,
+):
+    """``steps`` Adam (or plain SGD, ``cfg.sgd_lr``) steps on the adding problem of fixed
+    length T; returns per-step (loss, gradient norm before clipping, in float64)."""
+    if sgd:
+        opt: torch.optim.Optimizer = torch.optim.SGD(net.parameters(), lr=cfg.sgd_lr)
+    else:
+        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     losses, norms = [], []
-    for _ in range(cfg.train_steps):
-        batch = adding(cfg.batch_size, cfg.T, gen, fixed_length=True)
+    for _ in range(steps):
+        batch = adding(cfg.batch_size, T, gen, fixed_length=True)
         loss = F.mse_loss(net(batch.x), batch.target)
         opt.zero_grad()
         loss.backward()
         params = [p for p in net.parameters() if p.grad is not None]
-        total = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        total = torch.linalg.vector_norm(torch.stack([p.grad.double().norm() for p in params]))
         if clip is not None:
             nn.utils.clip_grad_norm_(params, clip)
         opt.step()
@@ -161,19 +183,21 @@ def run_gradflow(cfg: GradflowConfig, log=print) -> dict:
         init_state = {k: v.clone() for k, v in net.state_dict().items()}
         before = state_gradients(net, probe.x, probe.target)
         gen = torch.Generator().manual_seed(cfg.seed)
-        losses, _ = train(net, cfg, cfg.clip, gen)
+        losses, _ = train(net, cfg, cfg.clip, gen, steps=cfg.train_steps, T=cfg.train_T)
         after = state_gradients(net, probe.x, probe.target)
         measured[st.label] = {"init": before, "trained": after}
         log(_row(st.label, before, after, cfg.T, losses))
-        if st.cell == "rnn" and st.radius == cfg.radius_high and cfg.train_steps > 0:
-            for name, clip in (("clip " + f"{cfg.clip:g}", cfg.clip), ("no clipping", None)):
-                net.load_state_dict(init_state)
-                clip_runs[name] = train(net, cfg, clip, torch.Generator().manual_seed(cfg.seed))
-            for name, (ls, ns) in clip_runs.items():
-                log(
-                    f"  {st.label} trained with {name}: final loss {sum(ls[-20:]) / 20:.4g}, "
-                    f"max gradient norm {max(ns):.3g}"
-                )
+        if st.cell == "rnn" and st.radius == cfg.radius_high and cfg.clip_steps > 0:
+            for sgd in (False, True):
+                for clip in (cfg.clip, None):
+                    net.load_state_dict(init_state)
+                    name = f"{'SGD' if sgd else 'Adam'}, " + (
+                        f"clip {cfg.clip:g}" if clip else "no clipping"
+                    )
+                    gen = torch.Generator().manual_seed(cfg.seed)
+                    run = train(net, cfg, clip, gen, sgd, steps=cfg.clip_steps, T=cfg.T)
+                    clip_runs[name] = run
+                    log(f"  {st.label} trained with {name}: {_clip_summary(*run)}")
     out = Path(cfg.out)
     write_atomic(out, flow_plot(measured, cfg))
     log(f"wrote {out}")
@@ -182,6 +206,17 @@ def run_gradflow(cfg: GradflowConfig, log=print) -> dict:
         write_atomic(clip_path, clip_plot(clip_runs, cfg))
         log(f"wrote {clip_path}")
     return {"measured": measured, "clip": clip_runs}
+
+
+def _clip_summary(losses: list[float], norms: list[float]) -> str:
+    bad = [k for k, v in enumerate(losses) if not math.isfinite(v)]
+    end = (
+        f"loss not finite from step {bad[0]} on"
+        if bad
+        else (f"mean loss of the last 20 steps {sum(losses[-20:]) / len(losses[-20:]):.4g}")
+    )
+    finite = [v for v in norms if math.isfinite(v)]
+    return f"{end}; largest finite gradient norm {max(finite, default=math.nan):.3g}"
 
 
 def _row(label: str, before: dict, after: dict, T: int, losses: list[float]) -> str:
@@ -215,7 +250,11 @@ def flow_plot(measured: dict, cfg: GradflowConfig) -> bytes:
                 norms = res[when][name].flip(0).clamp_min(1e-30)  # by distance from the loss
                 sym = "s" if name == "c" else "h"
                 ax.plot(norms, style, color=color, label=f"{label} ‖∂L/∂{sym}_t‖")
-        title = "at initialisation" if when == "init" else f"after {cfg.train_steps} steps"
+        title = (
+            "at initialisation"
+            if when == "init"
+            else f"after {cfg.train_steps} Adam steps of {cfg.batch_size} at T = {cfg.train_T}"
+        )
         ax.set(yscale="log", xlabel="distance from the loss, T − 1 − t", title=title)
     axes[0].set_ylabel("mean over the batch")
     axes[1].legend(fontsize=7, loc="lower left")
@@ -237,7 +276,10 @@ def clip_plot(runs: dict, cfg: GradflowConfig) -> bytes:
     a.set(yscale="log", xlabel="training step", title="training loss (MSE)")
     b.set(yscale="log", xlabel="training step", title="gradient norm before clipping")
     a.legend(fontsize=8)
-    fig.suptitle(f"Elman RNN, ρ(W_hh) = {cfg.radius_high:g}, adding problem T = {cfg.T}")
+    fig.suptitle(
+        f"Elman RNN, ρ(W_hh) = {cfg.radius_high:g}, adding problem T = {cfg.T} "
+        f"(Adam lr {cfg.lr:g}, SGD lr {cfg.sgd_lr:g}; gaps: not finite)"
+    )
     fig.tight_layout()
     return _png(fig)
 
