@@ -58,6 +58,13 @@ def test_budget_stops_a_run_that_does_not_solve():
     assert not r.solved and r.sequences == 100 and r.test_wrong > 0 and r.tests_run == 1
 
 
+@pytest.mark.parametrize("task", ["multiplication", "order6b", "copy"])
+def test_every_task_trains_and_is_judged(task):
+    cfg = LagConfig(task=task, T=10, cell="peephole", hidden_size=4, budget=40, log_every=0)
+    r = run_lag(cfg, log=lambda _m: None)
+    assert r.sequences == 40 and 0 <= r.test_wrong <= 2560 and r.test_error >= 0
+
+
 def test_config_rejects_bad_arguments():
     with pytest.raises(ValueError, match="T must be at least 10; got 9"):
         LagConfig(T=9).validate()
