@@ -1,5 +1,6 @@
 """The long-time-lag experiments: criteria, a tiny solved run, the sweep, gradient flow, CLI."""
 
+import dataclasses
 import json
 
 import pytest
@@ -10,6 +11,7 @@ from carousel.data import make_batch
 from carousel.lag import GradflowConfig, LagConfig, correct, run_gradflow, run_lag
 from carousel.lag.gradflow import Net, set_spectral_radius, state_gradients
 from carousel.lag.sweep import run_sweep
+from carousel.lag.train import LagModel
 
 
 def test_regression_criterion():
@@ -46,6 +48,9 @@ def test_criterion_rejects_wrong_shapes():
 @pytest.mark.parametrize("cell", ["lstm1997", "lstm"])
 def test_lstm_solves_adding_at_T10(cell):
     cfg = LagConfig(task="adding", T=10, cell=cell, hidden_size=16, budget=150_000, log_every=0)
+    if cell == "lstm":
+        cfg = dataclasses.replace(cfg, forget_bias=1.0)
+        assert (LagModel("adding", "lstm", 16, 1.0).rnn.bias_ih_l0[16:32] == 1.0).all()
     r = run_lag(cfg, log=lambda _m: None)
     assert r.solved, r
     assert r.test_wrong == 0 and r.test_max_error < 0.04
@@ -72,6 +77,8 @@ def test_config_rejects_bad_arguments():
         LagConfig(cell="lsmt").validate()
     with pytest.raises(ValueError, match="unknown task 'adder'"):
         LagConfig(task="adder").validate()
+    with pytest.raises(ValueError, match="forget_bias needs a forget gate"):
+        LagConfig(cell="lstm1997", forget_bias=1.0).validate()
     with pytest.raises(ValueError, match="sweep_T values must be at least 10"):
         LagConfig(sweep_T="10,5").validate()
 

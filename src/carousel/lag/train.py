@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from carousel.cells import CELLS
+from carousel.cells import CELLS, get_cell
 from carousel.data.tasks import MIN_T, TASKS, Batch, get_task
 from carousel.lag.criteria import correct
 from carousel.layers import make_layer
@@ -39,6 +39,7 @@ class LagConfig:
     T: int = 100
     cell: str = "lstm1997"
     hidden_size: int = 32
+    forget_bias: float | None = None  # initial forget-gate bias (cells with a forget gate)
     batch_size: int = 32
     lr: float = 0.01
     clip: float = 1.0  # gradient-norm clipping; 0 switches it off
@@ -60,6 +61,8 @@ class LagConfig:
             raise ValueError(f"unknown cell {self.cell!r}; known: {', '.join(CELLS)}")
         if self.T < MIN_T:
             raise ValueError(f"T must be at least {MIN_T}; got {self.T}")
+        if self.forget_bias is not None:
+            get_cell(self.cell, forget_bias=self.forget_bias)  # raises for cells without f
         for name in ("hidden_size", "batch_size", "budget", "window", "test_size", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
@@ -95,10 +98,13 @@ def sweep_lists(cfg: LagConfig) -> tuple[list[str], list[int], list[str]]:
 class LagModel(nn.Module):
     """A recurrent layer of ``cell`` and a linear read-out of its last output(s)."""
 
-    def __init__(self, task: str, cell: str, hidden_size: int) -> None:
+    def __init__(
+        self, task: str, cell: str, hidden_size: int, forget_bias: float | None = None
+    ) -> None:
         super().__init__()
         self.spec = get_task(task)
-        self.rnn = make_layer(cell, self.spec.input_size, hidden_size)
+        kw = {} if forget_bias is None else {"forget_bias": forget_bias}
+        self.rnn = make_layer(cell, self.spec.input_size, hidden_size, **kw)
         self.head = nn.Linear(hidden_size, self.spec.num_outputs)
 
     def forward(self, batch: Batch) -> Tensor:
@@ -174,7 +180,7 @@ def run_lag(cfg: LagConfig, log=print) -> LagResult:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = LagModel(cfg.task, cfg.cell, cfg.hidden_size)
+    model = LagModel(cfg.task, cfg.cell, cfg.hidden_size, cfg.forget_bias)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     test = build_test_set(cfg.task, cfg.T, cfg.test_size, cfg.seed)
     make = model.spec.make
