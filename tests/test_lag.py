@@ -165,6 +165,7 @@ def test_cli_lag_runs_and_writes_json(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "not solved within the budget of 64 training sequences" in text
     assert json.loads(out.read_text())["cell"] == "gru"
+    assert out.stat().st_mode & 0o644 == 0o644  # an ordinary file, not mkstemp's 0600
 
 
 @pytest.mark.parametrize(

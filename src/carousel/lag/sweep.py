@@ -84,21 +84,29 @@ def sweep_plot(results: list[LagResult]) -> bytes:
     tasks = list(dict.fromkeys(r.task for r in results))
     cells = list(dict.fromkeys(r.cell for r in results))
     fig, axes = plt.subplots(len(tasks), 2, figsize=(9, 3.2 * len(tasks)), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    markers, styles = "osD^vP*X", ["-", "--", ":", "-."]
     for row, task in zip(axes, tasks):
-        for cell in cells:
+        for n, cell in enumerate(cells):
+            look = {
+                "color": colors[n % len(colors)],
+                "marker": markers[n % len(markers)],
+                "linestyle": styles[n % len(styles)],
+                "label": cell,
+            }
             keys = sorted((T, rs) for (t, T, c), rs in groups.items() if t == task and c == cell)
             if not keys:
                 continue
             Ts = [T for T, _ in keys]
             frac = [sum(r.solved for r in rs) / len(rs) for _, rs in keys]
-            row[0].plot(Ts, frac, marker="o", label=cell)
+            row[0].plot(Ts, frac, **look)
             pts = [
                 (T, statistics.median(r.sequences for r in rs if r.solved))
                 for T, rs in keys
                 if any(r.solved for r in rs)
             ]
             if pts:
-                row[1].plot(*zip(*pts), marker="o", label=cell)
+                row[1].plot(*zip(*pts), **look)
         row[0].set(title=f"{task}: fraction of seeds solved", xlabel="T", ylim=(-0.05, 1.05))
         row[1].set(title=f"{task}: training sequences to solve", xlabel="T", yscale="log")
         row[0].legend(fontsize=8)
