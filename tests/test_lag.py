@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 
 import pytest
 import torch
@@ -165,7 +166,9 @@ def test_cli_lag_runs_and_writes_json(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "not solved within the budget of 64 training sequences" in text
     assert json.loads(out.read_text())["cell"] == "gru"
-    assert out.stat().st_mode & 0o644 == 0o644  # an ordinary file, not mkstemp's 0600
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not mkstemp's 0600
 
 
 @pytest.mark.parametrize(
