@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from carousel.cells import CELLS
+from carousel.lag import cli as lag_cli
 from carousel.lm import cli as lm_cli
 
 
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model: JOB is lm (the default), ...")
     jobs = train.add_subparsers(dest="job", required=True, metavar="JOB")
     lm_cli.register(sub, jobs)
+    lag_cli.register(sub)
     return parser
 
 

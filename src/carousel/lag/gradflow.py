@@ -1,0 +1,293 @@
+"""``carousel gradflow``: how the error signal decays (or explodes) as it flows back in time.
+
+For a loss at the end of an adding-problem sequence of exactly T steps, measure the mean over
+the batch of ‖∂L/∂h_t‖ (and ‖∂L/∂s_t‖, the LSTM's internal state) against the distance T − 1 − t
+from the loss, at initialisation and after a short training, by running the cell's reference
+step in our own loop with ``retain_grad`` on every state.  The Elman RNN is measured with its
+recurrent matrix scaled to a spectral radius below and above 1; the exploding case is also
+trained with and without gradient-norm clipping.  Shapes: T, B, I, H as in :mod:`carousel`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from carousel.cells import CELLS
+from carousel.data.tasks import MIN_T, adding
+from carousel.lag.train import write_atomic
+from carousel.layers import make_layer
+
+
+@dataclasses.dataclass(frozen=True)
+class GradflowConfig:
+    """Settings of ``carousel gradflow`` (preset ``gradflow``)."""
+
+    cell: str = "all"  # "all": rnn (both radii), lstm1997, lstm; or one registered cell
+    T: int = 200
+    hidden_size: int = 32
+    batch_size: int = 32
+    radius_low: float = 0.9  # spectral radius of the RNN's W_hh, vanishing case
+    radius_high: float = 3.0  # exploding case
+    train_T: int = 100  # length of the (fixed-length) adding sequences trained on
+    train_steps: int = 2500  # minibatches of training before the second measurement
+    clip_steps: int = 300  # minibatches of each run of the clipping comparison (at T)
+    lr: float = 0.01  # Adam
+    sgd_lr: float = 0.1  # plain SGD, in the clipping comparison
+    clip: float = 1.0  # clipping used in training (and compared with none for the RNN)
+    seed: int = 0
+    threads: int = 1
+    out: str = "gradflow.png"  # the clipping comparison goes beside it, NAME-clip.png
+
+    def validate(self) -> None:
+        if self.cell != "all" and self.cell not in CELLS:
+            raise ValueError(f"unknown cell {self.cell!r}; known: all, {', '.join(CELLS)}")
+        for name in ("T", "train_T"):
+            if getattr(self, name) < MIN_T:
+                raise ValueError(f"{name} must be at least {MIN_T}; got {getattr(self, name)}")
+        for name in ("hidden_size", "batch_size", "threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
+        if (
+            min(self.train_steps, self.clip_steps) < 0
+            or not min(self.lr, self.sgd_lr, self.clip) > 0
+        ):
+            raise ValueError(
+                "train_steps and clip_steps must be ≥ 0, and lr, sgd_lr and clip positive"
+            )
+        if not 0 < self.radius_low < 1 < self.radius_high:
+            raise ValueError(
+                f"need 0 < radius_low < 1 < radius_high; got {self.radius_low}, {self.radius_high}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One measured network: a cell and, for the RNN, the spectral radius of W_hh."""
+
+    cell: str
+    radius: float | None = None
+
+    @property
+    def label(self) -> str:
+        return self.cell + (f" ρ={self.radius:g}" if self.radius is not None else "")
+
+
+def settings(cfg: GradflowConfig) -> list[Setting]:
+    rnn = [Setting("rnn", cfg.radius_low), Setting("rnn", cfg.radius_high)]
+    if cfg.cell == "all":
+        return [*rnn, Setting("lstm1997"), Setting("lstm")]
+    if cfg.cell == "rnn":
+        return rnn
+    return [Setting(cfg.cell)]
+
+
+class Net(nn.Module):
+    """A recurrent layer and a linear read-out of the last step."""
+
+    def __init__(self, cell: str, hidden_size: int, radius: float | None = None) -> None:
+        super().__init__()
+        self.rnn = make_layer(cell, 2, hidden_size)
+        self.head = nn.Linear(hidden_size, 1)
+        if radius is not None:
+            set_spectral_radius(self.rnn.weight_hh_l0, radius)
+
+    def forward(self, x: Tensor) -> Tensor:  # x (T, B, 2) -> (B,)
+        out, _ = self.rnn(x)
+        return self.head(out[-1]).squeeze(1)
+
+
+@torch.no_grad()
+def set_spectral_radius(w_hh: Tensor, radius: float) -> None:
+    """Scale a square recurrent matrix (H, H) in place to spectral radius ``radius``."""
+    if w_hh.size(0) != w_hh.size(1):
+        raise ValueError(f"spectral radius needs a square W_hh; got {tuple(w_hh.shape)}")
+    w_hh.mul_(radius / torch.linalg.eigvals(w_hh).abs().max())
+
+
+def state_gradients(net: Net, x: Tensor, target: Tensor) -> dict[str, Tensor]:
+    """Mean over the batch of ‖∂L/∂state_t‖ for every state ("h", and "c" = s for LSTMs),
+    each (T,) in time order; L is the mean squared error at the last step."""
+    layer = net.rnn
+    cell, w = layer.cell, layer.layer_weights(0)
+    T, B = x.size(0), x.size(1)
+    gx = F.linear(x, w.w_ih, w.b_ih)  # (T, B, G·H)
+    state = tuple(x.new_zeros(B, layer.hidden_size) for _ in cell.state_names)
+    kept: list[tuple[Tensor, ...]] = []
+    for t in range(T):
+        state = cell.step(gx[t], state, w.w_hh, w.b_hh, w.peep)
+        for s in state:
+            s.retain_grad()
+        kept.append(state)
+    loss = F.mse_loss(net.head(state[0]).squeeze(1), target)
+    net.zero_grad()
+    loss.backward()
+    net.zero_grad()
+    out = {}
+    for j, name in enumerate(cell.state_names):
+        norms = [
+            s[j].grad.norm(dim=1).mean() if s[j].grad is not None else x.new_zeros(()) for s in kept
+        ]
+        out[name] = torch.stack(norms).detach()
+    return out
+
+
+def train(
+    net: Net,
+    cfg: GradflowConfig,
+    clip: float | None,
+    gen: torch.Generator,
+    sgd: bool = False,
+    *,
+    steps: int,
+    T: int,
+):
+    """``steps`` Adam (or plain SGD, ``cfg.sgd_lr``) steps on the adding problem of fixed
+    length T; returns per-step (loss, gradient norm before clipping, in float64)."""
+    if sgd:
+        opt: torch.optim.Optimizer = torch.optim.SGD(net.parameters(), lr=cfg.sgd_lr)
+    else:
+        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    losses, norms = [], []
+    for _ in range(steps):
+        batch = adding(cfg.batch_size, T, gen, fixed_length=True)
+        loss = F.mse_loss(net(batch.x), batch.target)
+        opt.zero_grad()
+        loss.backward()
+        params = [p for p in net.parameters() if p.grad is not None]
+        total = torch.linalg.vector_norm(torch.stack([p.grad.double().norm() for p in params]))
+        if clip is not None:
+            nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+        losses.append(loss.item())
+        norms.append(total.item())
+    return losses, norms
+
+
+def run_gradflow(cfg: GradflowConfig, log=print) -> dict:
+    """Measure every setting at initialisation and after training; write the PNG(s)."""
+    cfg.validate()
+    torch.set_num_threads(cfg.threads)
+    probe = adding(cfg.batch_size, cfg.T, torch.Generator().manual_seed(cfg.seed + 99), True)
+    measured: dict[str, dict[str, dict[str, Tensor]]] = {}
+    clip_runs: dict[str, tuple[list[float], list[float]]] = {}
+    for st in settings(cfg):
+        torch.manual_seed(cfg.seed)
+        net = Net(st.cell, cfg.hidden_size, st.radius)
+        init_state = {k: v.clone() for k, v in net.state_dict().items()}
+        before = state_gradients(net, probe.x, probe.target)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        losses, _ = train(net, cfg, cfg.clip, gen, steps=cfg.train_steps, T=cfg.train_T)
+        after = state_gradients(net, probe.x, probe.target)
+        measured[st.label] = {"init": before, "trained": after}
+        log(_row(st.label, before, after, cfg.T, losses))
+        if st.cell == "rnn" and st.radius == cfg.radius_high and cfg.clip_steps > 0:
+            for sgd in (False, True):
+                for clip in (cfg.clip, None):
+                    net.load_state_dict(init_state)
+                    name = f"{'SGD' if sgd else 'Adam'}, " + (
+                        f"clip {cfg.clip:g}" if clip else "no clipping"
+                    )
+                    gen = torch.Generator().manual_seed(cfg.seed)
+                    run = train(net, cfg, clip, gen, sgd, steps=cfg.clip_steps, T=cfg.T)
+                    clip_runs[name] = run
+                    log(f"  {st.label} trained with {name}: {_clip_summary(*run)}")
+    out = Path(cfg.out)
+    write_atomic(out, flow_plot(measured, cfg))
+    log(f"wrote {out}")
+    if clip_runs:
+        clip_path = out.with_name(out.stem + "-clip" + out.suffix)
+        write_atomic(clip_path, clip_plot(clip_runs, cfg))
+        log(f"wrote {clip_path}")
+    return {"measured": measured, "clip": clip_runs}
+
+
+def _clip_summary(losses: list[float], norms: list[float]) -> str:
+    bad = [k for k, v in enumerate(losses) if not math.isfinite(v)]
+    end = (
+        f"loss not finite from step {bad[0]} on"
+        if bad
+        else (f"mean loss of the last 20 steps {sum(losses[-20:]) / len(losses[-20:]):.4g}")
+    )
+    finite = [v for v in norms if math.isfinite(v)]
+    return f"{end}; largest finite gradient norm {max(finite, default=math.nan):.3g}"
+
+
+def _row(label: str, before: dict, after: dict, T: int, losses: list[float]) -> str:
+    picks = [d for d in (0, 10, 50, 100, T - 1) if d < T]
+    parts = []
+    for name in before:
+        b = [f"{float(before[name][T - 1 - d]):.1e}" for d in picks]
+        a = [f"{float(after[name][T - 1 - d]):.1e}" for d in picks]
+        parts.append(
+            f"‖∂L/∂{'s' if name == 'c' else name}‖ init {' '.join(b)} | trained {' '.join(a)}"
+        )
+    tail = (
+        f" (final train loss {sum(losses[-20:]) / max(len(losses[-20:]), 1):.4g})" if losses else ""
+    )
+    return f"{label}: at distances {picks}: " + "; ".join(parts) + tail
+
+
+def flow_plot(measured: dict, cfg: GradflowConfig) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, when in zip(axes, ("init", "trained")):
+        for color, (label, res) in zip(colors, measured.items()):
+            for name, style in (("h", "-"), ("c", "--")):
+                if name not in res[when]:
+                    continue
+                norms = res[when][name].flip(0).clamp_min(1e-30)  # by distance from the loss
+                sym = "s" if name == "c" else "h"
+                ax.plot(norms, style, color=color, label=f"{label} ‖∂L/∂{sym}_t‖")
+        title = (
+            "at initialisation"
+            if when == "init"
+            else f"after {cfg.train_steps} Adam steps of {cfg.batch_size} at T = {cfg.train_T}"
+        )
+        ax.set(yscale="log", xlabel="distance from the loss, T − 1 − t", title=title)
+    axes[0].set_ylabel("mean over the batch")
+    axes[1].legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"Gradient flow on the adding problem, T = {cfg.T}, H = {cfg.hidden_size}")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def clip_plot(runs: dict, cfg: GradflowConfig) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for name, (losses, norms) in runs.items():
+        a.plot(losses, label=name, lw=0.8)
+        b.plot(norms, label=name, lw=0.8)
+    a.set(yscale="log", xlabel="training step", title="training loss (MSE)")
+    b.set(yscale="log", xlabel="training step", title="gradient norm before clipping")
+    a.legend(fontsize=8)
+    fig.suptitle(
+        f"Elman RNN, ρ(W_hh) = {cfg.radius_high:g}, adding problem T = {cfg.T} "
+        f"(Adam lr {cfg.lr:g}, SGD lr {cfg.sgd_lr:g}; gaps: not finite)"
+    )
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()

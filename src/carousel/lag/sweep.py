@@ -1,0 +1,119 @@
+"""``carousel lag --sweep``: tasks × T × cells × seeds, a markdown table and a PNG."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import statistics
+from pathlib import Path
+
+from carousel.lag.train import LagConfig, LagResult, run_lag, sweep_lists, write_atomic
+
+
+def run_sweep(cfg: LagConfig, log=print) -> list[LagResult]:
+    """Run every (task, T, cell, seed) of the sweep; write ``results.md``, ``results.json``
+    and ``sweep.png`` into ``cfg.out`` (default ``lag-sweep``) and return the results."""
+    cfg.validate()
+    tasks, lengths, cells = sweep_lists(cfg)
+    out = Path(cfg.out or "lag-sweep")
+    results: list[LagResult] = []
+    for task in tasks:
+        for T in lengths:
+            for cell in cells:
+                for seed in range(cfg.seed, cfg.seed + cfg.sweep_seeds):
+                    one = dataclasses.replace(
+                        cfg, task=task, T=T, cell=cell, seed=seed, log_every=0, out=None
+                    )
+                    r = run_lag(one, log=lambda _msg: None)
+                    verdict = f"solved after {r.sequences:,}" if r.solved else "not solved"
+                    log(
+                        f"{task} T={T} {cell} seed={seed}: {verdict} "
+                        f"({r.test_wrong} test wrong, {r.wall_s:.1f}s)"
+                    )
+                    results.append(r)
+                    # write as we go, so a long sweep leaves its results even if cut short
+                    write_atomic(out / "results.json", _json(results))
+    write_atomic(out / "results.md", sweep_table(results, cfg))
+    write_atomic(out / "sweep.png", sweep_plot(results))
+    log(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'sweep.png'}")
+    return results
+
+
+def _json(results: list[LagResult]) -> str:
+    return json.dumps([dataclasses.asdict(r) for r in results], indent=1) + "\n"
+
+
+def _groups(results: list[LagResult]) -> dict[tuple[str, int, str], list[LagResult]]:
+    groups: dict[tuple[str, int, str], list[LagResult]] = {}
+    for r in results:
+        groups.setdefault((r.task, r.T, r.cell), []).append(r)
+    return groups
+
+
+def sweep_table(results: list[LagResult], cfg: LagConfig) -> str:
+    """Markdown: solved fraction, median sequences to solve, median test wrong, wall time."""
+    lines = [
+        f"Budget {cfg.budget:,} training sequences per run; Adam lr {cfg.lr}, minibatch "
+        f"{cfg.batch_size}, H = {cfg.hidden_size}, clip {cfg.clip}; seeds "
+        f"{cfg.seed}..{cfg.seed + cfg.sweep_seeds - 1}.",
+        "",
+        "| task | T | cell | solved | sequences to solve (median of solved) "
+        "| test wrong of 2,560 (median) | wall s (sum) |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for (task, T, cell), rs in _groups(results).items():
+        done = [r.sequences for r in rs if r.solved]
+        med = f"{statistics.median(done):,.0f}" if done else "—"
+        wrong = statistics.median(r.test_wrong for r in rs)
+        wall = sum(r.wall_s for r in rs)
+        lines.append(
+            f"| {task} | {T} | {cell} | {len(done)}/{len(rs)} | {med} | {wrong:g} | {wall:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def sweep_plot(results: list[LagResult]) -> bytes:
+    """PNG bytes: per task, the fraction solved and the sequences needed against T."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = _groups(results)
+    tasks = list(dict.fromkeys(r.task for r in results))
+    cells = list(dict.fromkeys(r.cell for r in results))
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(9, 3.2 * len(tasks)), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    markers, styles = "osD^vP*X", ["-", "--", ":", "-."]
+    for row, task in zip(axes, tasks):
+        for n, cell in enumerate(cells):
+            look = {
+                "color": colors[n % len(colors)],
+                "marker": markers[n % len(markers)],
+                "linestyle": styles[n % len(styles)],
+                "label": cell,
+            }
+            keys = sorted((T, rs) for (t, T, c), rs in groups.items() if t == task and c == cell)
+            if not keys:
+                continue
+            Ts = [T for T, _ in keys]
+            frac = [sum(r.solved for r in rs) / len(rs) for _, rs in keys]
+            row[0].plot(Ts, frac, **look)
+            pts = [
+                (T, statistics.median(r.sequences for r in rs if r.solved))
+                for T, rs in keys
+                if any(r.solved for r in rs)
+            ]
+            if pts:
+                row[1].plot(*zip(*pts), **look)
+        row[0].set(title=f"{task}: fraction of seeds solved", xlabel="T", ylim=(-0.05, 1.05))
+        row[1].set(title=f"{task}: training sequences to solve", xlabel="T", yscale="log")
+        row[0].legend(fontsize=8)
+        if row[1].lines:
+            row[1].legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()

@@ -1,0 +1,186 @@
+"""The long-time-lag experiments: criteria, a tiny solved run, the sweep, gradient flow, CLI."""
+
+import dataclasses
+import json
+import os
+
+import pytest
+import torch
+
+from carousel.cli import main
+from carousel.data import make_batch
+from carousel.lag import GradflowConfig, LagConfig, correct, run_gradflow, run_lag
+from carousel.lag.gradflow import Net, set_spectral_radius, state_gradients
+from carousel.lag.sweep import run_sweep
+from carousel.lag.train import LagModel
+
+
+def test_regression_criterion():
+    target = torch.tensor([0.5, 0.2, 0.9, 0.0])
+    pred = torch.tensor([0.539, 0.159, 0.9, 0.04])
+    assert correct("adding", pred, target).tolist() == [True, False, True, False]
+    assert correct("multiplication", target, target).all()
+
+
+def test_temporal_order_criterion():
+    target = torch.tensor([0, 3, 1])
+    probs = torch.tensor(
+        [
+            [0.75, 0.1, 0.1, 0.05],  # every error < 0.3
+            [0.2, 0.1, 0.0, 0.7],  # the target's error is 0.3: not below
+            [0.0, 0.71, 0.29, 0.0],  # 0.29 on a wrong class is still below 0.3
+        ]
+    )
+    assert correct("order6a", probs, target).tolist() == [True, False, True]
+
+
+def test_copy_criterion():
+    target = torch.tensor([[1, 2], [3, 4]])  # (k, B)
+    scores = torch.nn.functional.one_hot(target, 8).float()  # (k, B, C)
+    scores[1, 1] = torch.nn.functional.one_hot(torch.tensor(5), 8).float()
+    assert correct("copy", scores, target).tolist() == [True, False]
+
+
+def test_criterion_rejects_wrong_shapes():
+    with pytest.raises(ValueError, match=r"expected predictions of shape \(3, 4\)"):
+        correct("order6a", torch.zeros(3, 8), torch.zeros(3, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("cell", ["lstm1997", "lstm"])
+def test_lstm_solves_adding_at_T10(cell):
+    cfg = LagConfig(task="adding", T=10, cell=cell, hidden_size=16, budget=150_000, log_every=0)
+    if cell == "lstm":
+        cfg = dataclasses.replace(cfg, forget_bias=1.0)
+        assert (LagModel("adding", "lstm", 16, 1.0).rnn.bias_ih_l0[16:32] == 1.0).all()
+    r = run_lag(cfg, log=lambda _m: None)
+    assert r.solved, r
+    assert r.test_wrong == 0 and r.test_max_error < 0.04
+    assert r.sequences < 150_000 and r.sequences % 32 == 0
+
+
+def test_budget_stops_a_run_that_does_not_solve():
+    cfg = LagConfig(task="order6a", T=100, cell="rnn", hidden_size=8, budget=100, log_every=0)
+    r = run_lag(cfg, log=lambda _m: None)
+    assert not r.solved and r.sequences == 100 and r.test_wrong > 0 and r.tests_run == 1
+
+
+@pytest.mark.parametrize("task", ["multiplication", "order6b", "copy"])
+def test_every_task_trains_and_is_judged(task):
+    cfg = LagConfig(task=task, T=10, cell="peephole", hidden_size=4, budget=40, log_every=0)
+    r = run_lag(cfg, log=lambda _m: None)
+    assert r.sequences == 40 and 0 <= r.test_wrong <= 2560 and r.test_error >= 0
+
+
+def test_config_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="T must be at least 10; got 9"):
+        LagConfig(T=9).validate()
+    with pytest.raises(ValueError, match="unknown cell 'lsmt'"):
+        LagConfig(cell="lsmt").validate()
+    with pytest.raises(ValueError, match="unknown task 'adder'"):
+        LagConfig(task="adder").validate()
+    with pytest.raises(ValueError, match="forget_bias needs a forget gate"):
+        LagConfig(cell="lstm1997", forget_bias=1.0).validate()
+    with pytest.raises(ValueError, match="sweep_T values must be at least 10"):
+        LagConfig(sweep_T="10,5").validate()
+
+
+def test_sweep_writes_table_and_plot(tmp_path):
+    cfg = LagConfig(
+        sweep_tasks="adding",
+        sweep_T="10,12",
+        sweep_cells="rnn,lstm",
+        sweep_seeds=2,
+        budget=64,
+        hidden_size=4,
+        out=str(tmp_path / "sweep"),
+    )
+    results = run_sweep(cfg, log=lambda _m: None)
+    assert len(results) == 2 * 2 * 2
+    table = (tmp_path / "sweep" / "results.md").read_text()
+    assert "| adding | 12 | lstm | 0/2 |" in table
+    assert len(json.loads((tmp_path / "sweep" / "results.json").read_text())) == 8
+    assert (tmp_path / "sweep" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_spectral_radius():
+    w = torch.randn(6, 6)
+    set_spectral_radius(w, 0.7)
+    assert float(torch.linalg.eigvals(w).abs().max()) == pytest.approx(0.7, rel=1e-5)
+
+
+def test_state_gradients_match_autograd_through_the_layer():
+    torch.manual_seed(0)
+    net = Net("lstm1997", 5)
+    b = make_batch("adding", 3, 12, 0)
+    x = b.x[:12]
+    flow = state_gradients(net, x, b.target)
+    assert set(flow) == {"h", "c"} and flow["h"].shape == (12,)
+    # the last step's ‖∂L/∂h_T‖, computed independently through the layer's own forward
+    out, _ = net.rnn(x)
+    last = out[-1].detach().requires_grad_(True)
+    loss = torch.nn.functional.mse_loss(net.head(last).squeeze(1), b.target)
+    (g,) = torch.autograd.grad(loss, last)
+    torch.testing.assert_close(flow["h"][-1], g.norm(dim=1).mean())
+
+
+def test_rnn_gradient_vanishes_below_and_grows_above_radius_one():
+    b = make_batch("adding", 8, 60, 0)
+    x = b.x[:60]
+    torch.manual_seed(0)
+    low = state_gradients(Net("rnn", 16, 0.5), x, b.target)["h"]
+    torch.manual_seed(0)
+    high = state_gradients(Net("rnn", 16, 3.0), x, b.target)["h"]
+    assert low[0] < 1e-6 * low[-1]  # 59 steps back from the loss
+    assert high[0] > 10 * high[-1]
+
+
+def test_gradflow_writes_pngs(tmp_path, capsys):
+    cfg = GradflowConfig(
+        cell="rnn",
+        T=12,
+        train_T=10,
+        hidden_size=4,
+        train_steps=2,
+        clip_steps=3,
+        out=str(tmp_path / "g.png"),
+    )
+    res = run_gradflow(cfg, log=print)
+    assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "g-clip.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(res["measured"]) == {"rnn ρ=0.9", "rnn ρ=3"}
+    assert set(res["clip"]) == {
+        "Adam, clip 1",
+        "Adam, no clipping",
+        "SGD, clip 1",
+        "SGD, no clipping",
+    }
+    assert all(len(losses) == 3 for losses, _ in res["clip"].values())
+    out = capsys.readouterr().out
+    assert "rnn ρ=0.9: at distances" in out and "trained with SGD, no clipping" in out
+
+
+def test_cli_lag_runs_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    argv = ["lag", "--task", "adding", "--T", "10", "--cell", "gru", "--budget", "64"]
+    assert main([*argv, "--hidden-size", "4", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "not solved within the budget of 64 training sequences" in text
+    assert json.loads(out.read_text())["cell"] == "gru"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not mkstemp's 0600
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["lag", "--T", "5"], "carousel lag: error: T must be at least 10; got 5\n"),
+        (["lag", "--task", "sum"], "carousel lag: error: unknown task 'sum'; known: adding,"),
+        (["lag", "--cell", "lstm2"], "carousel lag: error: unknown cell 'lstm2'; known: rnn,"),
+        (["gradflow", "--cell", "x"], "carousel gradflow: error: unknown cell 'x'; known: all,"),
+    ],
+)
+def test_cli_bad_arguments_get_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
