@@ -168,7 +168,7 @@ def order6a(B: int, T: int, gen: torch.Generator, fixed_length: bool = False) ->
 
 
 def order6b(B: int, T: int, gen: torch.Generator, fixed_length: bool = False) -> Batch:
-    """Exp. 6b, temporal order with three relevant symbols: 8 classes (XXX … YYY)."""
+    """Exp. 6b, temporal order with three relevant symbols: 8 classes (X,X,X through Y,Y,Y)."""
     return _temporal_order(B, T, gen, fixed_length, 3)
 
 
