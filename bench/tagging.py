@@ -28,10 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="folder with CoNLL-U or CoNLL-2000 files")
     parser.add_argument("--preset", default="tagger-ewt")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)"
+    )
     parser.add_argument("--json-out", default=None, help="append the result line to this file")
     add_config_arguments(parser, TaggerConfig)
     args = parser.parse_args(argv)
     cfg = resolve_config(TaggerConfig, args.preset, overrides_from_args(args))
+    torch.set_num_threads(args.threads)
     print(f"config: {config_to_dict(cfg)}  torch threads {torch.get_num_threads()}", flush=True)
     start = time.perf_counter()
     _, _, metrics = train_tagger(cfg, args.data, log=lambda s: print(s, flush=True))
@@ -42,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         "dev": metrics["dev"],
         "test": metrics.get("test"),
         "wall_s": round(time.perf_counter() - start, 1),
+        "threads": args.threads,
         "machine": platform.processor() or platform.machine(),
     }
     line = json.dumps(result)
