@@ -23,6 +23,15 @@ from carousel.tagging import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny recurrent models run fastest on one thread (and CI's two cores stay calm)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def sent(text: str, layer: str = "upos") -> Sentence:
     pairs = [p.rsplit("/", 1) for p in text.split()]
     return Sentence(tuple(w for w, _ in pairs), {layer: tuple(t for _, t in pairs)})

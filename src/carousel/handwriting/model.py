@@ -1,8 +1,8 @@
 """Recognisers of online handwriting built on carousel's recurrent layers.
 
 * :class:`DigitClassifier`: a (bidirectional) recurrent stack over the per-point features
-  of one isolated digit; the outputs are averaged over the digit's points and mapped to
-  10 classes.
+  of one isolated digit; the top layer's final states (forward at the last point,
+  backward at the first) are mapped to 10 classes.
 * :class:`StringRecogniser`: a (bidirectional) recurrent stack whose every frame gets a
   distribution over ``blank`` + the 10 digits, trained with ``torch.nn.CTCLoss`` (Graves
   et al. 2006/2008: unsegmented labelling).
@@ -66,9 +66,11 @@ class DigitClassifier(_Recogniser):
         super().__init__(dataclasses.replace(shape, kind="digit"), len(DIGITS))
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
-        out, _ = self.encoder(x, lengths=lengths)  # (T, B, D·H), zero past each length
-        pooled = out.sum(0) / lengths.unsqueeze(1).to(out.dtype)  # (B, D·H)
-        return self.output(self.dropout(pooled))  # (B, 10)
+        _, state = self.encoder(x, lengths=lengths)
+        h_n = state[0] if isinstance(state, tuple) else state  # (L·D, B, H)
+        D = 2 if self.shape.bidirectional else 1
+        top = torch.cat(list(h_n[-D:]), dim=1)  # (B, D·H)
+        return self.output(self.dropout(top))  # (B, 10)
 
 
 class StringRecogniser(_Recogniser):
