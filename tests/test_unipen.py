@@ -18,10 +18,12 @@ from carousel.data.unipen import (
     compose_string,
     normalise,
     point_features,
+    read_stroke_file,
     read_unipen,
     resample,
     sample_features,
     split_by_organisation,
+    write_stroke_file,
 )
 
 TRAJECTORY = """\
@@ -220,3 +222,26 @@ def test_real_archive_resolves_every_segment():
     assert len({s.organisation for s in samples}) == 13
     parts = split_by_organisation(samples)
     assert [len(parts[k]) for k in ("train", "validation", "test")] == [11802, 1867, 2284]
+
+
+def test_stroke_files_round_trip_and_fail_loudly(tmp_path):
+    strokes = [np.array([[0, 0], [1.5, 2]], np.float32), np.array([[3, 1]], np.float32)]
+    path = tmp_path / "line.strokes"
+    write_stroke_file(path, strokes)
+    again = read_stroke_file(path)
+    assert len(again) == 2
+    for a, b in zip(again, strokes):
+        np.testing.assert_array_equal(a, b)
+    assert [p.name for p in tmp_path.iterdir()] == ["line.strokes"]
+    bad = tmp_path / "bad.strokes"
+    bad.write_text(".PEN_DOWN\n1 2\n3 x\n", encoding="latin-1")
+    with pytest.raises(ValueError, match=r"bad.strokes:3: expected a point"):
+        read_stroke_file(bad)
+    bad.write_text(".COMMENT nothing here\n", encoding="latin-1")
+    with pytest.raises(ValueError, match="no pen-down points"):
+        read_stroke_file(bad)
+    bad.write_text(".INCLUDE x.dat\n", encoding="latin-1")
+    with pytest.raises(ValueError, match="not allowed"):
+        read_stroke_file(bad)
+    with pytest.raises(ValueError, match="cannot read"):
+        read_stroke_file(tmp_path / "missing")

@@ -325,3 +325,55 @@ def compose_string(
         label += sample.label
         cursor += width + rng.uniform(*gap)
     return strokes, label
+
+
+# ---------------------------------------------------------------------------- stroke files
+def read_stroke_file(path: str | Path) -> list[np.ndarray]:
+    """The pen-down strokes of a stroke file in UNIPEN's own notation: ``.PEN_DOWN`` (and
+    optionally ``.PEN_UP``) keywords each followed by ``x y`` lines; other keyword lines
+    (``.COMMENT`` …) are ignored, ``.INCLUDE`` is not allowed.  Returns (n, 2) float32
+    arrays, y upwards."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="latin-1")
+    except OSError as err:
+        raise ValueError(f"cannot read stroke file {path}: {err.strerror}") from err
+    for number, line in enumerate(text.split("\n"), start=1):
+        if line.startswith(".INCLUDE"):
+            raise ValueError(f"{path}:{number}: .INCLUDE is not allowed in a stroke file")
+    strokes = [
+        np.asarray(points, dtype=np.float32)
+        for down, points in _components(text, str(path), {})
+        if down and points
+    ]
+    if not strokes:
+        raise ValueError(f"{path}: no pen-down points (expected .PEN_DOWN then 'x y' lines)")
+    return strokes
+
+
+def write_stroke_file(path: str | Path, strokes: Sequence[np.ndarray]) -> None:
+    """Write ``strokes`` ((n, 2) arrays) as a stroke file :func:`read_stroke_file` reads;
+    written to a temporary file in the same folder and renamed."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    lines = [".COORD X Y"]
+    for s in strokes:
+        a = np.asarray(s, dtype=np.float64)
+        if a.ndim != 2 or a.shape[1] != 2 or len(a) == 0:
+            raise ValueError(f"expected strokes of shape (n ≥ 1, 2); got {a.shape}")
+        lines.append(".PEN_DOWN")
+        lines += [f"{x:.6g} {y:.6g}" for x, y in a]
+        lines.append(".PEN_UP")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="latin-1") as f:
+            f.write("\n".join(lines) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
