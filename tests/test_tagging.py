@@ -17,6 +17,7 @@ from carousel.tagging import (
     evaluate_tagger,
     length_batches,
     tag_sentences,
+    tag_text,
     tagger_from_parts,
     tagger_to_parts,
     train_tagger,
@@ -121,6 +122,11 @@ def test_tiny_tagger_overfits_a_few_sentences(bidirectional):
     assert metrics["epochs"][-1]["loss"] < metrics["epochs"][0]["loss"] / 10
     tags = tag_sentences(model, vocab, [["the", "can", "is", "red"], ["you", "can", "see"]])
     assert tags == [["DET", "NOUN", "AUX", "ADJ"], ["PRON", "AUX", "VERB"]]
+    text = "the can is red\n\n you  can see\n"
+    assert (
+        tag_text(model, vocab, text)
+        == "the/DET can/NOUN is/AUX red/ADJ\n\nyou/PRON can/AUX see/VERB\n"
+    )
 
 
 def test_tagger_serialises_as_tensors_plus_json(tmp_path):

@@ -15,6 +15,7 @@ from carousel.tagging.train import (
     length_batches,
     load_tagging_data,
     tag_sentences,
+    tag_text,
     train_tagger,
 )
 from carousel.tagging.vocab import TaggerVocab
@@ -30,6 +31,7 @@ __all__ = [
     "length_batches",
     "load_tagging_data",
     "tag_sentences",
+    "tag_text",
     "tagger_from_parts",
     "tagger_to_parts",
     "train_tagger",

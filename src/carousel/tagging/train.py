@@ -282,3 +282,16 @@ def train_tagger(
     if data.get("test"):
         metrics["test"] = evaluate_tagger(model, vocab, data["test"])
     return model, vocab, metrics
+
+
+def tag_text(model: Tagger, vocab: TaggerVocab, text: str) -> str:
+    """Tag plain text, one sentence per line with whitespace between tokens: each line comes
+    back as ``word/TAG word/TAG …``; blank lines stay blank (what ``carousel tag`` prints)."""
+    lines = text.splitlines()
+    sentences = [line.split() for line in lines if line.split()]
+    tagged = iter(tag_sentences(model, vocab, sentences))
+    out = []
+    for line in lines:
+        words = line.split()
+        out.append(" ".join(f"{w}/{t}" for w, t in zip(words, next(tagged))) if words else "")
+    return "\n".join(out) + ("\n" if text.endswith("\n") else "")
