@@ -155,7 +155,7 @@ def test_tiny_digit_classifier_learns_made_up_digits():
         "validation": fake_samples(10, "b", 1),
         "test": fake_samples(10, "c", 2),
     }
-    cfg = HandwritingConfig(**{**TINY.__dict__, "epochs": 40, "hidden_size": 32})
+    cfg = HandwritingConfig(**{**TINY.__dict__, "epochs": 40, "hidden_size": 32, "augment": 0.3})
     model, metrics = train_digit_classifier(cfg, parts, log=None)
     assert metrics["test"]["accuracy"] == 1.0
     assert recognise(model, glyph(3, random.Random(9))) == "3"
@@ -198,7 +198,9 @@ def test_tiny_ctc_reader_overfits_a_few_strings(tmp_path):
     assert not [p for p in png.parent.iterdir() if p.name != "line.png"]  # no temp left
     # the training entry point runs end to end and reports greedy and beam scores
     _, metrics = train_string_recogniser(
-        HandwritingConfig(**{**TINY.__dict__, "epochs": 1, "step": step}), parts, log=None
+        HandwritingConfig(**{**TINY.__dict__, "epochs": 1, "step": step, "augment": 1.0}),
+        parts,
+        log=None,
     )
     assert set(metrics["test"]) == {"greedy", "beam"} and 0 <= metrics["test"]["beam"]["cer"]
 
@@ -208,6 +210,8 @@ def test_bad_inputs_raise_value_errors(tmp_path):
         HandwritingConfig(cell="cnn").validate()
     with pytest.raises(ValueError, match="max_digits"):
         HandwritingConfig(min_digits=5, max_digits=3).validate()
+    with pytest.raises(ValueError, match="max_digits"):
+        HandwritingConfig(train_min_digits=9).validate()
     model = DigitClassifier(tiny_shape())
     with pytest.raises(ValueError, match="each stroke"):
         recognise(model, [np.zeros((3, 3))])

@@ -16,6 +16,7 @@ from carousel.data.unipen import (
     FEATURES,
     Sample,
     compose_string,
+    distort,
     normalise,
     point_features,
     read_stroke_file,
@@ -245,3 +246,22 @@ def test_stroke_files_round_trip_and_fail_loudly(tmp_path):
         read_stroke_file(bad)
     with pytest.raises(ValueError, match="cannot read"):
         read_stroke_file(tmp_path / "missing")
+
+
+def test_distortion_is_an_affine_map_about_the_centre():
+    strokes = [
+        np.array([[0, 0], [0, 10], [4, 10]], np.float32),
+        np.array([[8, 0], [8, 6]], np.float32),
+    ]
+    rng = np.random.default_rng(0)
+    same = distort(strokes, rng, 0.0)
+    for a, b in zip(same, strokes):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    moved = distort(strokes, rng, 1.0)
+    assert [m.shape for m in moved] == [s.shape for s in strokes]
+    np.testing.assert_allclose(
+        np.concatenate(moved).mean(0), np.concatenate(strokes).mean(0), atol=1e-4
+    )
+    assert not np.allclose(np.concatenate(moved), np.concatenate(strokes))
+    with pytest.raises(ValueError, match="strength"):
+        distort(strokes, rng, -1.0)

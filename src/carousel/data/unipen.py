@@ -254,6 +254,23 @@ def split_by_organisation(
 
 
 # ---------------------------------------------------------------------------- features
+def distort(
+    strokes: Sequence[np.ndarray], rng: np.random.Generator, strength: float = 1.0
+) -> list[np.ndarray]:
+    """A random affine distortion about the strokes' centre for training-time augmentation:
+    rotation up to ±0.15·strength rad, shear up to ±0.3·strength, horizontal stretch by
+    exp(±0.2·strength).  ``strength`` 0 returns copies unchanged."""
+    if strength < 0:
+        raise ValueError(f"strength must be ≥ 0; got {strength}")
+    angle = rng.uniform(-0.15, 0.15) * strength
+    shear = rng.uniform(-0.3, 0.3) * strength
+    stretch = float(np.exp(rng.uniform(-0.2, 0.2) * strength))
+    c, s = np.cos(angle), np.sin(angle)
+    matrix = np.array([[c, -s], [s, c]]) @ np.array([[stretch, shear], [0.0, 1.0]])
+    centre = np.concatenate(strokes).mean(0)
+    return [((p - centre) @ matrix.T + centre).astype(np.float32) for p in strokes]
+
+
 def normalise(strokes: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Strokes scaled to unit height (y spans [-0.5, 0.5]; a flat sample is scaled by its
     width instead), x starting at 0, aspect ratio kept."""

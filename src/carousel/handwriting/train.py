@@ -26,6 +26,7 @@ from carousel.cells import CELLS
 from carousel.data.unipen import (
     Sample,
     compose_string,
+    distort,
     sample_features,
     split_by_organisation,
 )
@@ -50,9 +51,12 @@ class HandwritingConfig:
 
     ``step``: resampling distance in units of a digit's height.  For strings,
     ``train_strings`` new random strings are composed from the training organisations
-    every epoch; validation and test use ``eval_strings`` fixed strings composed from their
-    own (held-out) organisations.  ``max_train_samples`` > 0 keeps only that many training
-    digits (quick runs).
+    every epoch, ``train_min_digits``..``max_digits`` long (short ones help CTC leave its
+    all-blank start); validation and test use ``eval_strings`` fixed strings of
+    ``min_digits``..``max_digits`` composed from their own (held-out) organisations.
+    ``max_train_samples`` > 0 keeps only that many training digits (quick runs).
+    ``augment`` > 0: every epoch, each training digit gets a fresh random affine
+    distortion of that strength (:func:`~carousel.data.unipen.distort`).
     """
 
     cell: str = "lstm"
@@ -71,7 +75,9 @@ class HandwritingConfig:
     eval_strings: int = 500
     min_digits: int = 3
     max_digits: int = 8
+    train_min_digits: int = 1
     beam_width: int = 8
+    augment: float = 0.0
 
     def validate(self) -> None:
         if self.cell not in CELLS:
@@ -88,12 +94,14 @@ class HandwritingConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
-        if self.max_digits < self.min_digits:
+        if self.max_digits < max(self.min_digits, self.train_min_digits):
             raise ValueError(
-                f"max_digits must be ≥ min_digits; got {self.max_digits} < {self.min_digits}"
+                f"max_digits must be ≥ min_digits and train_min_digits; got {self.max_digits}"
             )
         if not 0 <= self.dropout < 1 or not self.step > 0 or not self.lr > 0:
             raise ValueError("dropout must be in [0, 1), step and lr positive")
+        if self.augment < 0:
+            raise ValueError(f"augment must be ≥ 0; got {self.augment}")
         if self.max_train_samples < 0:
             raise ValueError(f"max_train_samples must be ≥ 0; got {self.max_train_samples}")
 
@@ -222,7 +230,14 @@ def train_digit_classifier(
     model = DigitClassifier(_shape(cfg, "digit"))
     loss_fn = nn.CrossEntropyLoss()
 
-    def batches(_epoch: int):
+    np_rng = np.random.default_rng(cfg.seed)
+
+    def batches(epoch: int):
+        nonlocal features
+        if cfg.augment > 0 and epoch > 1:
+            features = [
+                sample_features(distort(s.strokes, np_rng, cfg.augment), cfg.step) for s in train
+            ]
         for batch in length_batches([len(f) for f in features], cfg.batch_size, rng):
             x, lengths = pad_batch([features[i] for i in batch])
             yield x, lengths, labels[batch]
@@ -251,11 +266,17 @@ def train_digit_classifier(
 
 # ---------------------------------------------------------------------------- strings
 def compose_strings(
-    samples: Sequence[Sample], count: int, seed: int, cfg: HandwritingConfig
+    samples: Sequence[Sample],
+    count: int,
+    seed: int,
+    cfg: HandwritingConfig,
+    min_digits: int | None = None,
 ) -> list[tuple[list[np.ndarray], str]]:
-    """``count`` strings (strokes, label) composed from ``samples`` with ``seed``."""
+    """``count`` strings (strokes, label) of ``min_digits`` (default ``cfg.min_digits``) to
+    ``cfg.max_digits`` digits composed from ``samples`` with ``seed``."""
     rng = random.Random(seed)
-    return [compose_string(samples, rng, cfg.min_digits, cfg.max_digits) for _ in range(count)]
+    low = cfg.min_digits if min_digits is None else min_digits
+    return [compose_string(samples, rng, low, cfg.max_digits) for _ in range(count)]
 
 
 def string_features(strokes: Sequence[np.ndarray], step: float = 0.04) -> np.ndarray:
@@ -329,9 +350,19 @@ def train_string_recogniser(
     model = StringRecogniser(_shape(cfg, "string"))
     ctc = nn.CTCLoss(blank=0, zero_infinity=True)
 
+    np_rng = np.random.default_rng(cfg.seed)
+
     def batches(epoch: int):
         rng = random.Random(cfg.seed * 1000 + epoch)
-        strings = compose_strings(train, cfg.train_strings, cfg.seed * 1000 + epoch, cfg)
+        source = train
+        if cfg.augment > 0:
+            source = [
+                dataclasses.replace(s, strokes=tuple(distort(s.strokes, np_rng, cfg.augment)))
+                for s in train
+            ]
+        strings = compose_strings(
+            source, cfg.train_strings, cfg.seed * 1000 + epoch, cfg, cfg.train_min_digits
+        )
         features = [string_features(s, cfg.step) for s, _ in strings]
         for batch in length_batches([len(f) for f in features], cfg.batch_size, rng):
             x, lengths = pad_batch([features[i] for i in batch])
