@@ -313,8 +313,18 @@ def point_features(strokes: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def sample_features(strokes: Sequence[np.ndarray], step: float = 0.04) -> np.ndarray:
-    """Normalise, resample and featurise one sample's strokes: (N, FEATURES)."""
-    return point_features(resample(normalise(strokes), step))
+    """Normalise, resample and featurise one sample's strokes: (N, FEATURES), dx and dy in
+    units of ``step`` (so they are of order 1 along a stroke)."""
+    return line_features(normalise(strokes), step)
+
+
+def line_features(strokes: Sequence[np.ndarray], step: float = 0.04) -> np.ndarray:
+    """Resample and featurise strokes already at unit height (a composed line is not
+    re-normalised: its digits keep their own scale): (N, FEATURES), dx and dy in units of
+    ``step``."""
+    features = point_features(resample(strokes, step))
+    features[:, :2] /= step
+    return features
 
 
 def compose_string(

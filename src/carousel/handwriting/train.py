@@ -27,6 +27,7 @@ from carousel.data.unipen import (
     Sample,
     compose_string,
     distort,
+    line_features,
     sample_features,
     split_by_organisation,
 )
@@ -283,9 +284,7 @@ def string_features(strokes: Sequence[np.ndarray], step: float = 0.04) -> np.nda
     """Per-point features of a line of writing whose strokes are already at unit height
     (as :func:`~carousel.data.unipen.compose_string` makes): resampled, not re-normalised
     horizontally."""
-    from carousel.data.unipen import point_features, resample
-
-    return point_features(resample(strokes, step))
+    return line_features(strokes, step)
 
 
 def _targets(labels: Sequence[str]) -> tuple[Tensor, Tensor]:
