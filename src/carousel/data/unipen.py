@@ -399,6 +399,9 @@ def write_stroke_file(path: str | Path, strokes: Sequence[np.ndarray]) -> None:
             f.write("\n".join(lines) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

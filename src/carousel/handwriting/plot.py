@@ -1,5 +1,6 @@
-"""A picture of what a CTC recogniser sees: the strokes of a line of digits on top and the
-network's per-frame label probabilities below, on a shared frame axis (matplotlib, Agg)."""
+"""A picture of what a CTC recogniser sees: the strokes of a line of digits on top (pen
+coordinates) and below them the network's per-frame label probabilities, one frame per
+resampled pen point, left to right as written (matplotlib, Agg)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,12 @@ import numpy as np
 import torch
 
 from carousel.handwriting.model import DIGITS, StringRecogniser
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def draw_probabilities(
@@ -86,6 +93,7 @@ def draw_probabilities(
             fig.savefig(f, format="png", dpi=dpi)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
