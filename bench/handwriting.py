@@ -1,0 +1,84 @@
+"""Train and evaluate a UNIPEN handwriting model (isolated digits, or digit strings with
+CTC) on the writer-independent split; prints per-epoch validation scores and a final JSON
+line with validation/test scores, seed and wall time (what EXPERIMENTS.md quotes).  For
+strings it also draws a test string's strokes and per-frame label probabilities (--png).
+
+    python bench/handwriting.py --archive ../shared/data/unipen_1a/unipen_1a.tar.gz \
+        --task digits --preset unipen-digits
+    python bench/handwriting.py --archive ... --task strings --preset unipen-strings \
+        --png docs/figures/unipen_ctc.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+
+import torch
+
+from carousel.config import (
+    add_config_arguments,
+    config_to_dict,
+    overrides_from_args,
+    resolve_config,
+)
+from carousel.data.unipen import read_unipen, split_by_organisation
+from carousel.handwriting import (
+    HandwritingConfig,
+    compose_strings,
+    draw_probabilities,
+    train_digit_classifier,
+    train_string_recogniser,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--archive", required=True, help="path of unipen_1a.tar.gz")
+    parser.add_argument("--task", choices=["digits", "strings"], default="digits")
+    parser.add_argument("--preset", default=None, help="default: unipen-<task>")
+    parser.add_argument("--png", default=None, help="strings: write the probability figure")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--json-out", default=None, help="append the result line to this file")
+    add_config_arguments(parser, HandwritingConfig)
+    args = parser.parse_args(argv)
+    cfg = resolve_config(
+        HandwritingConfig, args.preset or f"unipen-{args.task}", overrides_from_args(args)
+    )
+    torch.set_num_threads(args.threads)
+    print(f"config: {config_to_dict(cfg)}  task {args.task}", flush=True)
+    start = time.perf_counter()
+    parts = split_by_organisation(read_unipen(args.archive))
+    print({k: len(v) for k, v in parts.items()}, f"parsed in {time.perf_counter() - start:.0f} s")
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    if args.task == "digits":
+        model, metrics = train_digit_classifier(cfg, parts, log=log)
+    else:
+        model, metrics = train_string_recogniser(cfg, parts, log=log)
+        if args.png:
+            strokes, label = compose_strings(parts["test"], 1, cfg.seed + 3, cfg)[0]
+            read = draw_probabilities(model, strokes, args.png, label, cfg.step)
+            print(f"figure {args.png}: truth {label!r}, read {read!r}")
+    result = {
+        "task": args.task,
+        "config": config_to_dict(cfg),
+        "best_epoch": metrics["best_epoch"],
+        "validation": metrics["validation"],
+        "test": metrics.get("test"),
+        "wall_s": round(time.perf_counter() - start, 1),
+        "threads": args.threads,
+        "machine": platform.processor() or platform.machine(),
+    }
+    line = json.dumps(result)
+    print(line, flush=True)
+    if args.json_out:
+        with open(args.json_out, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
