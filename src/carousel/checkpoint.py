@@ -88,10 +88,13 @@ def save_checkpoint(
     atomic_write_bytes(path, st_save(flat, metadata=header))
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
+def load_checkpoint(
+    path: str | os.PathLike, kind: str | None = None
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """The tensors and JSON metadata of a checkpoint written by :func:`save_checkpoint`.
 
-    Raises ``ValueError`` (one line) for a missing, truncated, foreign or tampered file.
+    Raises ``ValueError`` (one line) for a missing, truncated, foreign or tampered file, or,
+    with ``kind``, for a checkpoint whose metadata names another job.
     """
     path = Path(path)
     if path.is_dir():
@@ -125,6 +128,10 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
         info = json.loads(meta["json"])
     except (KeyError, ValueError) as err:
         raise ValueError(f"{path} has no readable JSON metadata") from err
+    if kind is not None and info.get("kind") != kind:
+        raise ValueError(
+            f"{path} is a carousel checkpoint of a {info.get('kind')!r} job, not {kind}"
+        )
     return tensors, info
 
 

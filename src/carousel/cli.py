@@ -3,7 +3,8 @@
 Each command is a module-level function taking the parsed arguments; errors a user can fix
 (``ValueError``, ``OSError``) are printed as one line on stderr with exit status 2, never as a
 traceback.  ``carousel train JOB`` trains one of the jobs (``lm``, the default when no job is
-named); each job module registers its own ``train`` job and commands.
+named, ``tagger``, ``handwriting``); each job module registers its own ``train`` job and
+commands, and ``carousel eval`` reads the job from the checkpoint.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import sys
 from collections.abc import Sequence
 
 from carousel.cells import CELLS
+from carousel.checkpoint import load_checkpoint
+from carousel.handwriting import cli as handwriting_cli
 from carousel.lag import cli as lag_cli
 from carousel.lm import cli as lm_cli
+from carousel.tagging import cli as tagging_cli
 
 
 def cmd_cells(args: argparse.Namespace) -> int:
@@ -33,11 +37,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("cells", help="list the registered cells and LSTM variants")
     p.set_defaults(func=cmd_cells)
-    train = sub.add_parser("train", help="train a model: JOB is lm (the default), ...")
+    train = sub.add_parser("train", help="train a model: JOB is lm (the default), tagger, ...")
     jobs = train.add_subparsers(dest="job", required=True, metavar="JOB")
     lm_cli.register(sub, jobs)
+    tagging_cli.register(sub, jobs)
+    handwriting_cli.register(sub, jobs)
     lag_cli.register(sub)
+    _subcommands(parser)["eval"].set_defaults(func=cmd_eval)
     return parser
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a checkpoint of whichever job wrote it on ``--data``."""
+    kind = load_checkpoint(args.checkpoint)[1].get("kind")
+    if kind == tagging_cli.KIND:
+        print(tagging_cli.evaluate_file(args.checkpoint, args.data))
+        return 0
+    return lm_cli.cmd_eval(args)
 
 
 DEFAULT_JOB = "lm"

@@ -237,9 +237,7 @@ def describe_loss(loss: float, level: str) -> str:
 
 def load_lm(path: str | os.PathLike) -> tuple[RNNLM, Vocab, LMConfig, dict]:
     """The model, vocabulary, settings and metadata of a language-model checkpoint."""
-    tensors, meta = load_checkpoint(path)
-    if meta.get("kind") != "lm":
-        raise ValueError(f"{path} is a carousel checkpoint of a {meta.get('kind')!r} job, not lm")
+    tensors, meta = load_checkpoint(path, kind="lm")
     cfg = config_from_dict(LMConfig, meta["config"])
     vocab = Vocab.from_json(meta["vocab"])
     model = RNNLM(len(vocab), cfg)
@@ -302,9 +300,7 @@ def train_lm(
     tensors: dict[str, Tensor] = {}
     meta: dict[str, Any] = {}
     if resume:
-        tensors, meta = load_checkpoint(paths.checkpoint)
-        if meta.get("kind") != "lm":
-            raise ValueError(f"{paths.checkpoint} is not a language-model checkpoint")
+        tensors, meta = load_checkpoint(paths.checkpoint, kind="lm")
         cfg = _check_resume(config_from_dict(LMConfig, meta["config"]), overrides or {}, paths.root)
     else:
         assert cfg is not None

@@ -128,7 +128,9 @@ def register(sub: argparse._SubParsersAction, jobs: argparse._SubParsersAction) 
     add_config_arguments(p, LMConfig)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="loss of a checkpoint on a text or token file")
+    p = sub.add_parser(
+        "eval", help="a checkpoint's score on a data file (LM loss, tagger accuracy)"
+    )
     p.add_argument("checkpoint", help="checkpoint file or run folder")
     p.add_argument("--data", required=True, help="UTF-8 text (characters) or token file (words)")
     p.add_argument("--batch-size", type=int, default=10)
