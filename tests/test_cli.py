@@ -44,7 +44,7 @@ def test_train_runs_a_tiny_training(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["train", "--max-steps", "0"], "carousel train: error: max_steps must be positive"),
+        (["train", "--max-steps", "0"], "carousel train: error: max_steps must be at least 1"),
         (["train", "--cell", "lstm3"], "carousel train: error: unknown cell 'lstm3'"),
         (["train", "--lr", "x"], "carousel train: error: LMConfig.lr must be a number; got 'x'"),
         (["train", "--preset", "nope"], "carousel train: error: unknown preset 'nope'"),
@@ -65,7 +65,7 @@ def test_module_entry_point():
 
 def test_train_takes_a_job_and_defaults_to_the_language_model(capsys):
     assert main(["train", "lm", "--max-steps", "0"]) == 2
-    assert "max_steps must be positive" in capsys.readouterr().err
+    assert "max_steps must be at least 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "lm" in capsys.readouterr().out

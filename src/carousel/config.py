@@ -98,6 +98,14 @@ def config_from_dict(cls: type[C], data: dict[str, Any], base: C | None = None) 
     return cfg
 
 
+def check_at_least(cfg: object, minimum: float, *names: str) -> None:
+    """For a config's ``validate``: each named field is ``None`` or at least ``minimum``."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and value < minimum:
+            raise ValueError(f"{name} must be at least {minimum}; got {value}")
+
+
 def config_to_dict(cfg: object) -> dict[str, Any]:
     """The plain-dict (JSON-ready) form stored in checkpoints."""
     return dataclasses.asdict(cfg)  # type: ignore[arg-type]

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from carousel.cells import CELLS
+from carousel.cells import get_cell
+from carousel.config import check_at_least
 from carousel.data.unipen import (
     Sample,
     compose_string,
@@ -81,9 +82,10 @@ class HandwritingConfig:
     augment: float = 0.0
 
     def validate(self) -> None:
-        if self.cell not in CELLS:
-            raise ValueError(f"unknown cell {self.cell!r}; known: {', '.join(CELLS)}")
-        for name in (
+        get_cell(self.cell)  # raises for an unknown cell
+        check_at_least(
+            self,
+            1,
             "num_layers",
             "hidden_size",
             "epochs",
@@ -92,9 +94,7 @@ class HandwritingConfig:
             "eval_strings",
             "min_digits",
             "beam_width",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
+        )
         if self.max_digits < max(self.min_digits, self.train_min_digits):
             raise ValueError(
                 f"max_digits must be ≥ min_digits and train_min_digits; got {self.max_digits}"

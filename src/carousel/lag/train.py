@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from carousel.cells import CELLS, get_cell
+from carousel.config import check_at_least
 from carousel.data.tasks import MIN_T, TASKS, Batch, get_task
 from carousel.lag.criteria import correct
 from carousel.layers import make_layer
@@ -57,21 +58,26 @@ class LagConfig:
 
     def validate(self) -> None:
         get_task(self.task)
-        if self.cell not in CELLS:
-            raise ValueError(f"unknown cell {self.cell!r}; known: {', '.join(CELLS)}")
+        get_cell(self.cell)  # raises for an unknown cell
         if self.T < MIN_T:
             raise ValueError(f"T must be at least {MIN_T}; got {self.T}")
         if self.forget_bias is not None:
             get_cell(self.cell, forget_bias=self.forget_bias)  # raises for cells without f
-        for name in ("hidden_size", "batch_size", "budget", "window", "test_size", "threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
+        check_at_least(
+            self,
+            1,
+            "hidden_size",
+            "batch_size",
+            "budget",
+            "window",
+            "test_size",
+            "threads",
+            "sweep_seeds",
+        )
         if not self.lr > 0:
             raise ValueError(f"lr must be positive; got {self.lr}")
         if self.clip < 0 or self.log_every < 0:
             raise ValueError(f"clip and log_every must be ≥ 0; got {self.clip}, {self.log_every}")
-        if self.sweep_seeds < 1:
-            raise ValueError(f"sweep_seeds must be at least 1; got {self.sweep_seeds}")
         for name in sweep_lists(self)[0]:
             get_task(name)
         for cell in sweep_lists(self)[2]:

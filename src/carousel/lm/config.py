@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from carousel.cells import CELLS
+from carousel.cells import get_cell
+from carousel.config import check_at_least
 
 #: settings that may change when a run is resumed (how long and how often; not what is learnt)
 RESUMABLE = (
@@ -67,31 +68,27 @@ class LMConfig:
     def validate(self) -> None:
         if self.level not in ("char", "word"):
             raise ValueError(f"level must be 'char' or 'word'; got {self.level!r}")
-        if self.cell not in CELLS:
-            raise ValueError(f"unknown cell {self.cell!r}; known: {', '.join(CELLS)}")
+        get_cell(self.cell)  # raises for an unknown cell
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer must be 'sgd' or 'adam'; got {self.optimizer!r}")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"device must be cpu, cuda or auto; got {self.device!r}")
-        positive = {
-            "hidden_size": self.hidden_size,
-            "num_layers": self.num_layers,
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "bptt": self.bptt,
-            "eval_batch_size": self.eval_batch_size,
-            "log_every": self.log_every,
-            "embed_size": self.embed_size or 1,
-            "max_steps": 1 if self.max_steps is None else self.max_steps,
-            "valid_tokens": 2 if self.valid_tokens is None else self.valid_tokens - 1,
-            "threads": self.threads or 1,
-        }
-        for name, value in positive.items():
-            if value < 1:
-                raise ValueError(f"{name} must be positive; got {getattr(self, name)}")
-        for name in ("eval_every", "checkpoint_every", "decay_after"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be 0 or more; got {getattr(self, name)}")
+        check_at_least(
+            self,
+            1,
+            "hidden_size",
+            "num_layers",
+            "epochs",
+            "batch_size",
+            "bptt",
+            "eval_batch_size",
+            "log_every",
+            "embed_size",
+            "max_steps",
+            "threads",
+        )
+        check_at_least(self, 2, "valid_tokens")
+        check_at_least(self, 0, "eval_every", "checkpoint_every", "decay_after")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
         if self.lr <= 0 or self.lr_decay <= 0 or self.clip < 0 or self.weight_decay < 0:

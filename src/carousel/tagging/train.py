@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from carousel.cells import CELLS
+from carousel.cells import get_cell
+from carousel.config import check_at_least
 from carousel.data.conll import Sentence, chunk_f1, read_conll2000, read_conllu
 from carousel.tagging.model import Tagger, TaggerShape, encode_batch
 from carousel.tagging.vocab import TaggerVocab
@@ -59,9 +60,10 @@ class TaggerConfig:
     dev_fraction: float = 0.1
 
     def validate(self) -> None:
-        if self.cell not in CELLS:
-            raise ValueError(f"unknown cell {self.cell!r}; known: {', '.join(CELLS)}")
-        for name in (
+        get_cell(self.cell)  # raises for an unknown cell
+        check_at_least(
+            self,
+            1,
             "num_layers",
             "hidden_size",
             "word_dim",
@@ -70,9 +72,7 @@ class TaggerConfig:
             "min_count",
             "epochs",
             "batch_size",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
+        )
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
         if not self.lr > 0 or not self.clip > 0:
