@@ -35,14 +35,7 @@ from carousel.handwriting import (
 )
 from carousel.handwriting.train import _targets, pad_batch, string_features
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny recurrent models run fastest on one thread (and CI's two cores stay calm)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def logp(rows):

@@ -23,14 +23,7 @@ from carousel.tagging import (
     train_tagger,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny recurrent models run fastest on one thread (and CI's two cores stay calm)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sent(text: str, layer: str = "upos") -> Sentence:
