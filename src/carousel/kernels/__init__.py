@@ -78,7 +78,10 @@ def supports(cell: CellOptions, x: Tensor) -> bool:
 def fused_sequence(cell, x, state, weights, lengths, reverse):
     """Run one direction of one layer with the fused kernel of ``cell``'s family."""
     _load()
-    return _modules[cell.family].sequence(cell, x, state, weights, lengths, reverse)
+    module = _modules[cell.family]
+    return module.finish(
+        module.FUNCTION.apply(*module.arguments(cell, x, state, weights, lengths, reverse))
+    )
 
 
 def _pair_pays(cell: CellOptions, x: Tensor, H: int) -> bool:
@@ -102,7 +105,7 @@ def fused_pair(cell, x, states, weights, lengths):
     H = weights[0].w_hh.size(1)
     if not _pair_pays(cell, x, H):
         return tuple(
-            module.sequence(cell, x, s, w, lengths, reverse)
+            fused_sequence(cell, x, s, w, lengths, reverse)
             for s, w, reverse in zip(states, weights, (False, True))
         )
     from carousel.kernels.pair import PairFunction

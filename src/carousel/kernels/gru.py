@@ -286,8 +286,3 @@ def finish(outputs):
 
 
 FUNCTION = GRUFunction
-
-
-def sequence(cell, x, state, weights, lengths, reverse):
-    """The fused GRU backend (the signature of ``reference_sequence``)."""
-    return finish(GRUFunction.apply(*arguments(cell, x, state, weights, lengths, reverse)))

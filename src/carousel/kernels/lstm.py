@@ -451,8 +451,3 @@ def finish(outputs):
 
 
 FUNCTION = LSTMFunction
-
-
-def sequence(cell, x, state, weights, lengths, reverse):
-    """The fused LSTM-family backend (the signature of ``reference_sequence``)."""
-    return finish(LSTMFunction.apply(*arguments(cell, x, state, weights, lengths, reverse)))

@@ -231,8 +231,3 @@ def finish(outputs):
 
 
 FUNCTION = RNNFunction
-
-
-def sequence(cell, x, state, weights, lengths, reverse):
-    """The fused Elman RNN backend (the signature of ``reference_sequence``)."""
-    return finish(RNNFunction.apply(*arguments(cell, x, state, weights, lengths, reverse)))
