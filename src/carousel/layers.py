@@ -243,8 +243,10 @@ class RecurrentLayer(nn.Module):
                 raise ValueError("pass either a PackedSequence or lengths, not both")
             packed = input
             x, lengths = pad_packed_sequence(input)  # (T, B, I), original batch order
+            x = self._from_autocast(x)
             self._check_tensor("input", x)
         elif isinstance(input, Tensor):
+            input = self._from_autocast(input)
             self._check_tensor("input", input)
             if input.dim() not in (2, 3):
                 raise ValueError(
@@ -272,6 +274,21 @@ class RecurrentLayer(nn.Module):
         if lengths is not None:
             lengths = _check_lengths(lengths, T, B, x.device)
         return x, lengths, packed, unbatched
+
+    def _from_autocast(self, t: Tensor) -> Tensor:
+        """Inside ``torch.autocast``, input in the autocast dtype (the output of an autocast
+        layer before this one) is taken in the parameters' dtype: states stay in float32, and
+        the matrix products' precision is the backend's choice (the fused kernels run them in
+        bfloat16 under CPU bfloat16 autocast)."""
+        device = t.device.type
+        if (
+            torch.amp.is_autocast_available(device)
+            and torch.is_autocast_enabled(device)
+            and t.dtype == torch.get_autocast_dtype(device)
+            and self.weight_ih_l0.dtype == torch.float32
+        ):
+            return t.to(torch.float32)
+        return t
 
     def _check_tensor(self, what: str, t: Tensor) -> None:
         ref = self.weight_ih_l0

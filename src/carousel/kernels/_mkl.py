@@ -37,6 +37,7 @@ _SYMBOLS = (
     "cblas_sgemm_pack_get_size",
     "cblas_sgemm_pack",
     "cblas_sgemm_compute",
+    "cblas_gemm_bf16bf16f32",
 )
 
 
@@ -72,7 +73,14 @@ _compute = types.ExternalFunction(
     "cblas_sgemm_compute",
     types.void(_i32, _i32, _i32, _i32, _i32, _i32, _vp, _i32, _vp, _i32, _f32, _vp, _i32),
 )
+_gemm_bf16 = types.ExternalFunction(
+    "cblas_gemm_bf16bf16f32",
+    types.void(_i32, _i32, _i32, _i32, _i32, _i32, _f32, _vp, _i32, _vp, _i32, _f32, _vp, _i32),
+)
 _ROW_MAJOR, _NO_TRANS, _TRANS, _PACKED, _B_MATRIX = 101, 111, 112, 151, 162
+
+#: the ``packed`` modes of :func:`prepare_pack` / :func:`step_gemm`
+PLAIN, PACKED, BF16 = 0, 1, 2
 
 #: compile options shared by every kernel: accuracy first (no fastmath), numpy's error model
 #: so the inner loops vectorise, on-disk cache, and no GIL so two directions can overlap.
@@ -139,31 +147,80 @@ def gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, scratch_i, scratc
 
 
 @numba.njit(**JIT)
+def to_bf16(src, dst, n):
+    """dst[:n] = src[:n] rounded to bfloat16 (nearest, ties to even), as uint16 bit patterns;
+    src float32, dst uint16, both one-dimensional and contiguous."""
+    bits = src.view(np.uint32)
+    for q in range(n):
+        u = bits[q]
+        dst[q] = np.uint16((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> 16)
+
+
+@numba.njit(**JIT)
 def prepare_pack(packed, tb, m, n, k, b, ldb):
-    """For ``packed`` (float32, every step over the same m rows): op(B) (k, n) packed once
-    by MKL for all the steps' products (``cblas_sgemm_pack``), so the weight matrix is not
-    re-packed at every step.  Otherwise a dummy."""
-    if not packed:
-        return np.empty(1, np.float32)
-    size = _pack_size(_B_MATRIX, m, n, k)
-    pk = np.empty(size // 4 + 16, np.float32)
-    trans = _TRANS if tb == TR else _NO_TRANS
-    _pack(_ROW_MAJOR, _B_MATRIX, trans, m, n, k, np.float32(1.0), b.ctypes, ldb, pk.ctypes)
-    return pk
+    """Ready op(B) (k, n) for every step's product over at most m rows (see :func:`step_gemm`).
+
+    ``packed`` = PACKED (float32, every step over the same m rows): op(B) packed once by MKL
+    (``cblas_sgemm_pack``), so the weight matrix is not re-packed at every step.
+    ``packed`` = BF16: op(B) rounded to bfloat16, row-major (k, n), followed by room for the
+    m·k bfloat16 values of a step's left operand; returned in a float32 array.
+    PLAIN: a dummy.
+    """
+    if packed == PACKED:
+        size = _pack_size(_B_MATRIX, m, n, k)
+        pk = np.empty(size // 4 + 16, np.float32)
+        trans = _TRANS if tb == TR else _NO_TRANS
+        _pack(_ROW_MAJOR, _B_MATRIX, trans, m, n, k, np.float32(1.0), b.ctypes, ldb, pk.ctypes)
+        return pk
+    if packed == BF16:
+        pk = np.empty((k * n + m * k) // 2 + 2, np.float32)
+        wb = pk.view(np.uint16)
+        bt = np.empty(k * n, np.float32)  # op(B) in float32, row-major (k, n)
+        bf = b.reshape(-1)
+        for kk in range(k):
+            for nn in range(n):
+                bt[kk * n + nn] = bf[nn * ldb + kk] if tb == TR else bf[kk * ldb + nn]
+        to_bf16(bt, wb, k * n)
+        return pk
+    return np.empty(1, np.float32)
 
 
 @numba.njit(**JIT)
 def step_gemm(pk, packed, ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc, scratch_i, scratch_f):
-    """Row-major C (m, n) = op(A) @ op(B) + beta·C for one step: from the packed op(B) of
-    :func:`prepare_pack` when ``packed``, else through :func:`gemm`."""
-    if packed:
-        if m > 0:
-            _compute(
-                _ROW_MAJOR, _NO_TRANS, _PACKED, m, n, k, a.ctypes, lda, pk.ctypes, n,
-                np.float32(beta), c.ctypes, ldc,
-            )  # fmt: skip
+    """Row-major C (m, n) = op(A) @ op(B) + beta·C for one step (``ta`` = N, A's rows
+    contiguous with stride ``lda`` = k): from what :func:`prepare_pack` made of op(B) when
+    ``packed`` is PACKED or BF16 (A is then rounded to bfloat16 too, and the product
+    accumulates in float32: MKL's ``cblas_gemm_bf16bf16f32``), else through :func:`gemm`."""
+    if m == 0:
+        return
+    if packed == PACKED:
+        _compute(
+            _ROW_MAJOR, _NO_TRANS, _PACKED, m, n, k, a.ctypes, lda, pk.ctypes, n,
+            np.float32(beta), c.ctypes, ldc,
+        )  # fmt: skip
+    elif packed == BF16:
+        wb = pk.view(np.uint16)
+        ab = wb[k * n :]
+        to_bf16(a.reshape(-1), ab, m * k)
+        _gemm_bf16(
+            _ROW_MAJOR, _NO_TRANS, _NO_TRANS, m, n, k, np.float32(1.0), ab.ctypes, k,
+            wb.ctypes, n, np.float32(beta), c.ctypes, ldc,
+        )  # fmt: skip
     else:
         gemm(ta, tb, m, n, k, 1.0, a, lda, b, ldb, beta, c, ldc, scratch_i, scratch_f)
+
+
+@numba.njit(**JIT)
+def mm_bf16(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc):
+    """Row-major C (m, n) = op(A) @ op(B) + beta·C with A, B bfloat16 (uint16 bit patterns)
+    and C float32: MKL's ``cblas_gemm_bf16bf16f32`` (AMX where the CPU has it), on MKL's
+    threads.  For the big products over all steps."""
+    if m == 0 or n == 0:
+        return
+    _gemm_bf16(
+        _ROW_MAJOR, _TRANS if ta == TR else _NO_TRANS, _TRANS if tb == TR else _NO_TRANS,
+        m, n, k, np.float32(1.0), a.ctypes, lda, b.ctypes, ldb, np.float32(beta), c.ctypes, ldc,
+    )  # fmt: skip
 
 
 #: per-step products smaller than this many multiply-adds run on one MKL thread: waking a

@@ -12,10 +12,13 @@ reordering.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from carousel.kernels._mkl import BF16, PACKED, PLAIN, TR, N, mm_bf16
 
 
 @functools.lru_cache(maxsize=64)
@@ -63,10 +66,13 @@ class Order:
             return torch.empty(T, B, width, dtype=dtype)
         return torch.zeros(T, B, width, dtype=dtype)
 
-    def packed(self, dtype: torch.dtype) -> int:
-        """Whether the kernels may use MKL's packed weights (float32; every step over all B
-        rows, since a packed matrix serves one product shape)."""
-        return int(self.identity and dtype == torch.float32)
+    def packed(self, dtype: torch.dtype, bf16: bool = False) -> int:
+        """How the kernels run the per-step product (:func:`carousel.kernels._mkl.step_gemm`):
+        BF16 when asked; PACKED, MKL's packed weights, for float32 with every step over all B
+        rows (a packed matrix serves one product shape); else PLAIN."""
+        if bf16:
+            return BF16
+        return PACKED if self.identity and dtype == torch.float32 else PLAIN
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self.perm.numpy(), self.lengths.numpy(), self.nlive.numpy()
@@ -82,18 +88,88 @@ def scratch(dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros(8, np.int32), np.zeros(2, np.float32 if dtype == torch.float32 else np.float64)
 
 
+def bf16_wanted(x: Tensor) -> bool:
+    """Whether a fused kernel on ``x`` runs its matrix products in bfloat16: ``x`` is float32
+    and the caller is inside ``torch.autocast("cpu", dtype=torch.bfloat16)``."""
+    return (
+        x.dtype == torch.float32
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
+
+
+def no_autocast(fn: Callable) -> Callable:
+    """Run ``fn`` (a Function's forward or backward) with CPU autocast off: the kernels pick
+    each product's precision themselves."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.autocast("cpu", enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _bf16_operand(t: Tensor) -> tuple[int, np.ndarray, int]:
+    """(trans, bfloat16 bits, leading dimension) of a 2-D operand, transposed views free."""
+    if not t.is_contiguous() and t.t().is_contiguous():
+        return TR, _bits(t.t()), t.size(0)
+    return N, _bits(t.contiguous()), t.size(1)
+
+
+def _bits(t: Tensor) -> np.ndarray:
+    return t.detach().to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16).reshape(-1)
+
+
+def matmul(a: Tensor, b: Tensor, bf16: bool, out: Tensor | None = None) -> Tensor:
+    """a (m, k) @ b (k, n), added to ``out`` (m, n) when given.
+
+    With ``bf16`` the operands are rounded to bfloat16 (free if they already are) and the
+    product accumulates in float32 (MKL's ``cblas_gemm_bf16bf16f32``); the result is float32.
+    """
+    if not bf16:
+        return a.mm(b) if out is None else out.addmm_(a, b)
+    (m, k), n = a.shape, b.size(1)
+    ta, A, lda = _bf16_operand(a)
+    tb, B, ldb = _bf16_operand(b)
+    beta = 0.0 if out is None else 1.0
+    if out is None:
+        out = torch.empty(m, n, dtype=torch.float32)
+    mm_bf16(ta, tb, m, n, k, A, lda, B, ldb, beta, np_(out).reshape(-1), n)
+    return out
+
+
+def input_products(x: Tensor, w_ih: Tensor, bias: Tensor | None, bf16: bool) -> Tensor:
+    """W_ih x_t + bias for all steps in one product: (T·B, I) -> (T·B, G·H)."""
+    if bias is None:
+        return matmul(x, w_ih.t(), bf16)
+    out = bias.detach().expand(x.size(0), -1).contiguous()
+    return matmul(x, w_ih.t(), bf16, out=out)
+
+
 def flat_weight_grads(
-    dA: Tensor, x: Tensor, hprev: Tensor, w_ih: Tensor, needs: tuple[bool, ...]
+    dA: Tensor,
+    x: Tensor,
+    hprev: Tensor,
+    w_ih: Tensor,
+    needs: tuple[bool, ...],
+    bf16: bool = False,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
     """The big products over all steps: dx, dW_ih, dW_hh and the bias gradient.
 
     dA (T, B, G·H) is the gradient of the gates' pre-activations (zero on padding), x (T, B, I)
     the input, hprev (T, B, H) the state each step read.  ``needs`` = (x, w_ih, w_hh, bias).
+    With ``bf16`` the products take bfloat16 operands and accumulate in float32.
     """
     T, B, GH = dA.shape
     dA2 = dA.view(T * B, GH)  # (B10) of docs/bptt.md: one product each, over all steps
-    dx = dA2.mm(w_ih).view(T, B, -1) if needs[0] else None
-    dw_ih = dA2.t().mm(x.reshape(T * B, -1)) if needs[1] else None
-    dw_hh = dA2.t().mm(hprev.view(T * B, -1)) if needs[2] else None
     db = dA2.sum(0) if needs[3] else None
+    x2, h2 = x.reshape(T * B, -1), hprev.view(T * B, -1)
+    if bf16:  # round each operand once, not once per product
+        dA2 = dA2.to(torch.bfloat16)
+        x2 = x2.to(torch.bfloat16) if needs[1] else x2
+        h2 = h2.to(torch.bfloat16) if needs[2] else h2
+    dx = matmul(dA2, w_ih, bf16).view(T, B, -1) if needs[0] else None
+    dw_ih = matmul(dA2.t(), x2, bf16) if needs[1] else None
+    dw_hh = matmul(dA2.t(), h2, bf16) if needs[2] else None
     return dx, dw_ih, dw_hh, db

@@ -28,7 +28,15 @@ from carousel.kernels._mkl import (
     vexp,
     vtanh,
 )
-from carousel.kernels.common import Order, np_, scratch
+from carousel.kernels.common import (
+    Order,
+    bf16_wanted,
+    flat_weight_grads,
+    input_products,
+    no_autocast,
+    np_,
+    scratch,
+)
 
 
 @numba.njit(**JIT)
@@ -182,7 +190,8 @@ class GRUFunction(torch.autograd.Function):
     """One direction of one GRU layer over a whole sequence, fused."""
 
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
+    @no_autocast
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, bf16):
         T, B, _ = x.shape
         H = w_hh.shape[1]
         dtype = x.dtype
@@ -195,7 +204,7 @@ class GRUFunction(torch.autograd.Function):
         if b_hh is not None:
             bias[: 2 * H] += b_hh[: 2 * H]
             b_hn += b_hh[2 * H :]
-        gx = torch.addmm(bias, x2, w_ih.t()).view(T, B, 3 * H)  # all steps in one product
+        gx = input_products(x2, w_ih, bias, bf16).view(T, B, 3 * H)  # all steps in one product
         h = order.sort(h0)
         out = order.buffer(T, B, H, dtype=dtype)
         ghn = torch.empty(T, B, H, dtype=dtype)
@@ -212,7 +221,7 @@ class GRUFunction(torch.autograd.Function):
             lens,
             nlive,
             int(reverse),
-            order.packed(dtype),
+            order.packed(dtype, bf16),
             np_(h),
             np_(out),
             np_(ghn),
@@ -222,12 +231,13 @@ class GRUFunction(torch.autograd.Function):
             sf,
         )
         ctx.save_for_backward(x, h0, w_ih, w_hh_c, gx, ghn, out)
-        ctx.order, ctx.reverse = order, reverse
+        ctx.order, ctx.reverse, ctx.bf16 = order, reverse, bf16
         ctx.has_bias = (b_ih is not None, b_hh is not None)
         return out, order.unsort(h)
 
     @staticmethod
     @once_differentiable
+    @no_autocast
     def backward(ctx, dout, dh_n):
         x, h0, w_ih, w_hh, gates, ghn, out = ctx.saved_tensors
         order = ctx.order
@@ -252,7 +262,7 @@ class GRUFunction(torch.autograd.Function):
             lens,
             nlive,
             int(ctx.reverse),
-            order.packed(dtype),
+            order.packed(dtype, ctx.bf16),
             np_(dout.contiguous()),
             np_(dh),
             np_(dax),
@@ -265,18 +275,19 @@ class GRUFunction(torch.autograd.Function):
         )
         nd = ctx.needs_input_grad
         dax2, dah2 = dax.view(T * B, 3 * H), dah.view(T * B, 3 * H)  # (GB7), all steps at once
-        dx = dax2.mm(w_ih).view(T, B, -1) if nd[0] else None
-        dh0 = order.unsort(dh) if nd[1] else None
-        dw_ih = dax2.t().mm(x.reshape(T * B, -1)) if nd[2] else None
-        dw_hh = dah2.t().mm(hprev.view(T * B, H)) if nd[3] else None
         db_ih = dax2.sum(0) if ctx.has_bias[0] and nd[4] else None
         db_hh = dah2.sum(0) if ctx.has_bias[1] and nd[5] else None
-        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None
+        bf16 = ctx.bf16
+        dx, dw_ih, _, _ = flat_weight_grads(dax, x, hprev, w_ih, (nd[0], nd[2], False, False), bf16)
+        _, _, dw_hh, _ = flat_weight_grads(dah, x, hprev, w_ih, (False, False, nd[3], False), bf16)
+        dh0 = order.unsort(dh) if nd[1] else None
+        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None
 
 
 def arguments(cell, x, state, weights, lengths, reverse) -> tuple:
     """The arguments of :class:`GRUFunction` for one direction of one layer."""
-    return (x, state[0], weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, lengths, reverse)
+    w = weights
+    return (x, state[0], w.w_ih, w.w_hh, w.b_ih, w.b_hh, lengths, reverse, bf16_wanted(x))
 
 
 def finish(outputs):

@@ -33,7 +33,15 @@ from carousel.kernels._mkl import (
     vexp,
     vtanh,
 )
-from carousel.kernels.common import Order, flat_weight_grads, np_, scratch
+from carousel.kernels.common import (
+    Order,
+    bf16_wanted,
+    flat_weight_grads,
+    input_products,
+    no_autocast,
+    np_,
+    scratch,
+)
 
 _ACT_IN = {"tanh": 0, "sigmoid": 1, "identity": 2}
 _ACT_OUT = {"tanh": 0, "identity": 1}
@@ -312,8 +320,9 @@ class LSTMFunction(torch.autograd.Function):
     """One direction of one LSTM-family layer over a whole sequence, fused."""
 
     @staticmethod
+    @no_autocast
     def forward(
-        ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, p_i, p_f, p_o, flags, lengths, reverse, store
+        ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, p_i, p_f, p_o, flags, lengths, reverse, store, bf16
     ):
         T, B, _ = x.shape
         H = w_hh.shape[1]
@@ -322,11 +331,7 @@ class LSTMFunction(torch.autograd.Function):
         order = Order(T, B, lengths)
         x2 = x.reshape(T * B, -1)
         bias = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
-        if bias is None:
-            gx = x2.mm(w_ih.t())
-        else:
-            gx = torch.addmm(bias, x2, w_ih.t())  # (T·B, G·H): all steps in one product
-        gx = gx.view(T, B, GH)
+        gx = input_products(x2, w_ih, bias, bf16).view(T, B, GH)  # all steps in one product
         peep = torch.zeros(3, H, dtype=dtype)
         for row, p in enumerate((p_i, p_f, p_o)):
             if p is not None:
@@ -349,7 +354,7 @@ class LSTMFunction(torch.autograd.Function):
             lens,
             nlive,
             int(reverse),
-            order.packed(dtype),
+            order.packed(dtype, bf16),
             np_(h),
             np_(c),
             np_(out),
@@ -361,13 +366,14 @@ class LSTMFunction(torch.autograd.Function):
         )
         h_n, c_n = order.unsort(h), order.unsort(c)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh_c, gx, cs, out, peep)
-        ctx.order, ctx.flags, ctx.reverse = order, flags, reverse
+        ctx.order, ctx.flags, ctx.reverse, ctx.bf16 = order, flags, reverse, bf16
         ctx.has_bias = (b_ih is not None, b_hh is not None)
         ctx.has_peep = tuple(p is not None for p in (p_i, p_f, p_o))
         return out, h_n, c_n
 
     @staticmethod
     @once_differentiable
+    @no_autocast
     def backward(ctx, dout, dh_n, dc_n):
         x, h0, c0, w_ih, w_hh, gates, cs, out, peep = ctx.saved_tensors
         order = ctx.order
@@ -396,7 +402,7 @@ class LSTMFunction(torch.autograd.Function):
             lens,
             nlive,
             int(ctx.reverse),
-            order.packed(dtype),
+            order.packed(dtype, ctx.bf16),
             np_(dout.contiguous()),
             np_(dh),
             np_(dc),
@@ -410,14 +416,14 @@ class LSTMFunction(torch.autograd.Function):
         )
         nd = ctx.needs_input_grad
         dx, dw_ih, dw_hh, db = flat_weight_grads(
-            dA, x, hprev, w_ih, (nd[0], nd[3], nd[4], nd[5] or nd[6])
+            dA, x, hprev, w_ih, (nd[0], nd[3], nd[4], nd[5] or nd[6]), ctx.bf16
         )
         dh0 = order.unsort(dh) if nd[1] else None
         dc0 = order.unsort(dc) if nd[2] else None
         db_ih = db if ctx.has_bias[0] and nd[5] else None
         db_hh = db.clone() if ctx.has_bias[1] and nd[6] else None  # no shared .grad
         dps = [dpeep[r] if ctx.has_peep[r] and nd[7 + r] else None for r in range(3)]
-        return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, *dps, None, None, None, None
+        return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, *dps, None, None, None, None, None
 
 
 def arguments(cell, x, state, weights, lengths, reverse) -> tuple:
@@ -441,6 +447,7 @@ def arguments(cell, x, state, weights, lengths, reverse) -> tuple:
         lengths,
         reverse,
         store,
+        bf16_wanted(x),
     )
 
 

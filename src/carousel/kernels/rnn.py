@@ -26,7 +26,15 @@ from carousel.kernels._mkl import (
     vexp,
     vtanh,
 )
-from carousel.kernels.common import Order, flat_weight_grads, np_, scratch
+from carousel.kernels.common import (
+    Order,
+    bf16_wanted,
+    flat_weight_grads,
+    input_products,
+    no_autocast,
+    np_,
+    scratch,
+)
 
 _PHI = {"tanh": 0, "sigmoid": 1, "relu": 2}
 
@@ -128,15 +136,15 @@ class RNNFunction(torch.autograd.Function):
     """One direction of one Elman RNN layer over a whole sequence, fused."""
 
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, phi, lengths, reverse):
+    @no_autocast
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, phi, lengths, reverse, bf16):
         T, B, _ = x.shape
         H = w_hh.shape[1]
         dtype = x.dtype
         order = Order(T, B, lengths)
         x2 = x.reshape(T * B, -1)
         bias = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
-        gx = x2.mm(w_ih.t()) if bias is None else torch.addmm(bias, x2, w_ih.t())
-        gx = gx.view(T, B, H)  # all steps in one product
+        gx = input_products(x2, w_ih, bias, bf16).view(T, B, H)  # all steps in one product
         h = order.sort(h0)
         out = order.buffer(T, B, H, dtype=dtype)
         work = torch.empty(B, H, dtype=dtype)
@@ -152,7 +160,7 @@ class RNNFunction(torch.autograd.Function):
             lens,
             nlive,
             int(reverse),
-            order.packed(dtype),
+            order.packed(dtype, bf16),
             np_(h),
             np_(out),
             np_(work),
@@ -161,12 +169,13 @@ class RNNFunction(torch.autograd.Function):
             sf,
         )
         ctx.save_for_backward(x, h0, w_ih, w_hh_c, out)
-        ctx.order, ctx.reverse, ctx.phi = order, reverse, phi
+        ctx.order, ctx.reverse, ctx.phi, ctx.bf16 = order, reverse, phi, bf16
         ctx.has_bias = (b_ih is not None, b_hh is not None)
         return out, order.unsort(h)
 
     @staticmethod
     @once_differentiable
+    @no_autocast
     def backward(ctx, dout, dh_n):
         x, h0, w_ih, w_hh, out = ctx.saved_tensors
         order = ctx.order
@@ -189,7 +198,7 @@ class RNNFunction(torch.autograd.Function):
             lens,
             nlive,
             int(ctx.reverse),
-            order.packed(dtype),
+            order.packed(dtype, ctx.bf16),
             np_(dout.contiguous()),
             np_(dh),
             np_(dA),
@@ -201,12 +210,12 @@ class RNNFunction(torch.autograd.Function):
         )
         nd = ctx.needs_input_grad
         dx, dw_ih, dw_hh, db = flat_weight_grads(
-            dA, x, hprev, w_ih, (nd[0], nd[2], nd[3], nd[4] or nd[5])
+            dA, x, hprev, w_ih, (nd[0], nd[2], nd[3], nd[4] or nd[5]), ctx.bf16
         )
         dh0 = order.unsort(dh) if nd[1] else None
         db_ih = db if ctx.has_bias[0] and nd[4] else None
         db_hh = db.clone() if ctx.has_bias[1] and nd[5] else None  # no shared .grad
-        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None
+        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None
 
 
 def arguments(cell, x, state, weights, lengths, reverse) -> tuple:
@@ -221,6 +230,7 @@ def arguments(cell, x, state, weights, lengths, reverse) -> tuple:
         _PHI[cell.nonlinearity],
         lengths,
         reverse,
+        bf16_wanted(x),
     )
 
 
