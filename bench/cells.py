@@ -13,6 +13,11 @@ LSTM variants against carousel's own ``lstm`` (the target: every variant within 
 ``--loop`` adds, for every cell, the reference backend (a Python loop over the reference step,
 autograd for the backward) and the ratio loop/carousel.
 
+``--bf16`` times carousel under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (the fused
+kernels' bfloat16 matrix products, float32 state) against carousel's own float32 run of the
+same cell (the target: ≥ 1.5× at B ≥ 16, H ≥ 256), and adds, for ``lstm``/``gru``/``rnn``,
+torch.nn's layer under the same autocast and the ratio torch-bf16/carousel-bf16.
+
 With ``--output FILE`` (``make bench`` writes BENCHMARKS.md) the table, the command, the
 machine and its load average replace the ``## Cells`` section of FILE.
 
@@ -40,25 +45,28 @@ TORCH_ANCHORS = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN
 SECTION = "## Cells"
 
 
-def run(layer: torch.nn.Module, x: torch.Tensor, mode: str) -> None:
+def run(layer: torch.nn.Module, x: torch.Tensor, mode: str, bf16: bool = False) -> None:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        if mode == "train":
+            out, _ = layer(x)
+        else:
+            with torch.no_grad():
+                layer(x)
     if mode == "train":
-        out, _ = layer(x)
-        out.sum().backward()
-    else:
-        with torch.no_grad():
-            layer(x)
+        out.float().sum().backward()
 
 
 def time_alternating(layers, x: torch.Tensor, mode: str, repeats: int, stat) -> list[float]:
-    """``stat`` (median or min) of each layer's ms, after two warm-up runs, in alternation."""
+    """``stat`` (median or min) of each layer's ms, after two warm-up runs, in alternation;
+    ``layers`` are (layer, under bf16 autocast) pairs."""
     for _ in range(2):
-        for layer in layers:
-            run(layer, x, mode)
+        for layer, bf16 in layers:
+            run(layer, x, mode, bf16)
     times: list[list[float]] = [[] for _ in layers]
     for _ in range(repeats):
-        for layer, ts in zip(layers, times):
+        for (layer, bf16), ts in zip(layers, times):
             start = time.perf_counter()
-            run(layer, x, mode)
+            run(layer, x, mode, bf16)
             ts.append((time.perf_counter() - start) * 1e3)
     return [stat(ts) for ts in times]
 
@@ -128,6 +136,9 @@ def main() -> None:
     parser.add_argument("--loop", action="store_true", help="also time the reference loop")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument(
+        "--bf16", action="store_true", help="carousel under bf16 autocast vs its float32"
+    )
+    parser.add_argument(
         "--stat",
         default="median",
         choices=["median", "min"],
@@ -147,7 +158,8 @@ def main() -> None:
     load_before = load()
     head = (
         f"machine: {machine()}; torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"numba {numba.__version__}; T = {args.steps}, float32, one layer, one direction, "
+        f"numba {numba.__version__}; T = {args.steps}, "
+        f"{'bfloat16 autocast' if args.bf16 else 'float32'}, one layer, one direction, "
         f"input = hidden; backend {args.backend}; {args.stat} of {args.repeats} alternating runs"
     )
     header = (
@@ -156,6 +168,9 @@ def main() -> None:
     rule = "|---|---|---|---|---|---|---|---|---|"
     if args.loop:
         header += " loop ms | loop/carousel |"
+        rule += "---|---|"
+    if args.bf16:
+        header += " torch.nn bf16 ms | torch-bf16/carousel |"
         rule += "---|---|"
     print(head)
     print(header)
@@ -169,17 +184,22 @@ def main() -> None:
                     torch.manual_seed(0)
                     x = torch.randn(args.steps, B, H)
                     ours = carousel.make_layer(name, H, H, backend=args.backend)
-                    if name in TORCH_ANCHORS:
+                    if args.bf16:
+                        anchor_name = f"carousel {name} float32"
+                        anchor = carousel.make_layer(name, H, H, backend=args.backend)
+                    elif name in TORCH_ANCHORS:
                         anchor_name = f"torch.nn.{family.upper()}"
                         anchor = TORCH_ANCHORS[name](H, H)
                     else:
                         anchor_name = "carousel lstm"
                         anchor = carousel.make_layer("lstm", H, H, backend=args.backend)
-                    layers = [ours, anchor]
+                    layers = [(ours, args.bf16), (anchor, False)]
                     if args.loop:
                         loop = carousel.make_layer(name, H, H, backend="reference")
                         loop.load_state_dict(ours.state_dict())
-                        layers.append(loop)
+                        layers.append((loop, args.bf16))
+                    if args.bf16 and name in TORCH_ANCHORS:
+                        layers.append((TORCH_ANCHORS[name](H, H), True))
                     stat = statistics.median if args.stat == "median" else min
                     ms = time_alternating(layers, x, mode, args.repeats, stat)
                     row = (
@@ -189,6 +209,9 @@ def main() -> None:
                     )
                     if args.loop:
                         row += f" {ms[2]:.2f} | {ms[2] / ms[0]:.2f} |"
+                    if args.bf16:
+                        tb = ms[-1] if name in TORCH_ANCHORS else float("nan")
+                        row += f" {tb:.2f} | {tb / ms[0]:.2f} |"
                     print(row, flush=True)
                     rows.append(row)
 

@@ -202,11 +202,22 @@ def pick_device(name: str) -> torch.device:
 
 
 # ---------------------------------------------------------------------------- language model
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The forward pass's precision: ``"bf16"`` runs the matrix products in bfloat16 under
+    ``torch.autocast`` (the loss, softmax and recurrent state stay float32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def evaluate(
-    model: nn.Module, ids: Tensor, batch_size: int, bptt: int, max_tokens: int | None = None
+    model: nn.Module,
+    ids: Tensor,
+    batch_size: int,
+    bptt: int,
+    max_tokens: int | None = None,
+    precision: str = "float32",
 ) -> float:
     """Mean loss in nats per token of ``model`` over ``ids`` (1-D), read as ``batch_size``
-    streams with the state carried across windows of ``bptt`` steps."""
+    streams with the state carried across windows of ``bptt`` steps, in ``precision``."""
     if max_tokens is not None:
         ids = ids[:max_tokens]
     batch_size = max(1, min(batch_size, ids.numel() // 2))
@@ -218,12 +229,9 @@ def evaluate(
     with torch.no_grad():
         for start, length in epoch_layout(streams.size(0), bptt):
             x, y = get_batch(streams, start, length)
-            logits, state = model(x.to(device), state)  # (T, B, V)
-            total += float(
-                nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.size(-1)), y.to(device).reshape(-1), reduction="sum"
-                )
-            )
+            with autocast(device, precision):
+                loss, state = model(x.to(device), state, targets=y.to(device))
+            total += float(loss) * y.numel()
             count += y.numel()
     model.train(was_training)
     return total / count
@@ -417,7 +425,9 @@ def train_lm(
         last_eval[0] = cursor.step
         loss = math.nan
         if main:
-            loss = evaluate(model, corpus.valid, cfg.eval_batch_size, cfg.bptt, cfg.valid_tokens)
+            loss = evaluate(
+                model, corpus.valid, cfg.eval_batch_size, cfg.bptt, cfg.valid_tokens, cfg.precision
+            )
             log.write(
                 kind="valid",
                 step=cursor.step,
@@ -461,10 +471,8 @@ def train_lm(
                 t0 = time.perf_counter()
                 x, y = get_batch(streams, *batches[cursor.batch])
                 state = detach_state(state)
-                logits, state = net(x, state)  # (T, B, V)
-                loss = nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.size(-1)), y.reshape(-1)
-                )
+                with autocast(device, cfg.precision):
+                    loss, state = net(x, state, targets=y)  # mean nats per token
                 # one all-reduce: the mean loss, and whether any process was asked to stop
                 shared = ddp.mean(torch.stack([loss.detach(), loss.new_tensor(stop.requested)]))
                 shown, stop.requested = float(shared[0]), bool(shared[1] > 0)

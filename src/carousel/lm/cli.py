@@ -65,7 +65,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     ids = vocab.encode(tokens, str(args.data))
     if ids.numel() < 2:
         raise ValueError(f"{args.data} is too short to evaluate (fewer than 2 tokens)")
-    loss = evaluate(model, ids, args.batch_size, args.bptt or cfg.bptt)
+    loss = evaluate(model, ids, args.batch_size, args.bptt or cfg.bptt, precision=cfg.precision)
     if vocab.level == "char":
         print(
             f"{args.data}: {ids.numel()} characters, {loss / LOG2:.4f} bits/char, "

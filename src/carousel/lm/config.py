@@ -64,6 +64,9 @@ class LMConfig:
     seed: int = 0
     device: str = "cpu"  # "cpu", "cuda" or "auto"
     threads: int | None = None  # torch intra-op threads (default: torch's choice)
+    #: "float32", or "bf16": the matrix products in bfloat16 (torch.autocast; the fused
+    #: kernels keep float32 state and accumulate in float32; the loss stays float32)
+    precision: str = "float32"
 
     def validate(self) -> None:
         if self.level not in ("char", "word"):
@@ -71,6 +74,8 @@ class LMConfig:
         get_cell(self.cell)  # raises for an unknown cell
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer must be 'sgd' or 'adam'; got {self.optimizer!r}")
+        if self.precision not in ("float32", "bf16"):
+            raise ValueError(f"precision must be 'float32' or 'bf16'; got {self.precision!r}")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"device must be cpu, cuda or auto; got {self.device!r}")
         check_at_least(

@@ -8,14 +8,18 @@ embedding matrix (Press & Wolf, 2017).
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
+from carousel import kernels
 from carousel.layers import State, make_layer
 from carousel.lm.config import LMConfig
 
 
 class RNNLM(nn.Module):
-    """Token ids (T, B) → logits (T, B, V) and the final recurrent state.
+    """Token ids (T, B) → logits (T, B, V) and the final recurrent state; or, given the
+    targets (T, B), the mean cross-entropy in nats (the output layer and its loss fused on
+    the CPU, :mod:`carousel.kernels.softmax`) and the state.
 
     Args:
         vocab_size: V, tokens in the vocabulary.
@@ -37,7 +41,20 @@ class RNNLM(nn.Module):
         if cfg.tie_weights:
             self.decoder.weight = self.embedding.weight
 
-    def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+    def forward(
+        self, ids: Tensor, state: State | None = None, targets: Tensor | None = None
+    ) -> tuple[Tensor, State]:
         x = self.drop(self.embedding(ids))  # (T, B, E)
         y, state = self.rnn(x, state)  # (T, B, H)
-        return self.decoder(self.drop(y)), state  # (T, B, V)
+        y = self.drop(y)
+        if targets is None:
+            return self.decoder(y), state  # (T, B, V)
+        y = y.reshape(-1, y.size(-1))  # (T·B, H)
+        w, b = self.decoder.weight, self.decoder.bias
+        fused = y.device.type == "cpu" and y.dtype in (torch.float32, torch.float64)
+        if fused and kernels.available():
+            from carousel.kernels.softmax import linear_cross_entropy
+
+            return linear_cross_entropy(y, w, b, targets.reshape(-1)), state
+        logits = nn.functional.linear(y, w, b).float()  # the softmax in float32
+        return nn.functional.cross_entropy(logits, targets.reshape(-1)), state
