@@ -1,7 +1,9 @@
 """Language-model training throughput: the same model (embedding → 2-layer LSTM → softmax)
-with carousel's layer (``backend="auto"``) and with torch.nn.LSTM, in the same process,
-alternating runs; prints tokens/s of each and their ratio, and where carousel's time goes
-(recurrent layers vs the rest: embedding, softmax, optimizer).
+built from torch.nn (nn.LSTM, nn.Linear, F.cross_entropy) and from carousel (its layer on
+``backend="auto"``, the fused kernels, and its fused output layer + loss), each in float32
+and under bf16 autocast, in the same process, alternating runs; prints tokens/s, the ratio to
+torch.nn in float32, and where each one's time goes (recurrent layers, output layer + loss,
+the rest: embedding and Adam).
 
     .venv/bin/python bench/lm.py                # character and word models
     .venv/bin/python bench/lm.py --repeats 5 --threads 1
@@ -16,6 +18,7 @@ import time
 import torch
 from torch import nn
 
+from carousel.kernels.softmax import linear_cross_entropy
 from carousel.lm.config import LMConfig
 from carousel.lm.model import RNNLM
 
@@ -42,32 +45,55 @@ def build(vocab: int, cfg: LMConfig, torch_nn: bool) -> RNNLM:
     return model
 
 
-def step_time(model: RNNLM, vocab: int, cfg: LMConfig, steps: int) -> tuple[float, float]:
-    """Seconds per training step (forward, backward, Adam), and seconds of it spent in the
-    recurrent layers' forward and backward."""
+def step_time(
+    model: RNNLM, vocab: int, cfg: LMConfig, steps: int, fused: bool, bf16: bool
+) -> tuple[float, float, float]:
+    """Seconds per training step (forward, backward, Adam), and the seconds of it spent in the
+    recurrent layers (forward + backward) and in the output layer with its loss (forward +
+    backward).  ``fused``: the model's own fused output layer + cross-entropy
+    (``model(ids, targets=...)``'s path); else nn.Linear + F.cross_entropy.  ``bf16``: under
+    ``torch.autocast("cpu", dtype=torch.bfloat16)``."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, vocab, (cfg.bptt + 1, cfg.batch_size), generator=g)
-    total = rnn = 0.0
+    targets = x[1:].reshape(-1)
+    total = rnn = head = 0.0
     for i in range(steps + 1):
         t0 = time.perf_counter()
         emb = model.embedding(x[:-1])
         t1 = time.perf_counter()
-        y, _ = model.rnn(emb)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            y, _ = model.rnn(emb)
         t2 = time.perf_counter()
         out = y.detach().requires_grad_()
-        loss = nn.functional.cross_entropy(model.decoder(out).reshape(-1, vocab), x[1:].reshape(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            h = out.reshape(-1, out.size(-1))
+            if fused:
+                w, b = model.decoder.weight, model.decoder.bias
+                loss = linear_cross_entropy(h, w, b, targets)
+            else:
+                loss = nn.functional.cross_entropy(model.decoder(h).float(), targets)
         opt.zero_grad()
         loss.backward()
         t3 = time.perf_counter()
-        y.backward(out.grad)
+        y.backward(out.grad.to(y.dtype))
         t4 = time.perf_counter()
         opt.step()
         t5 = time.perf_counter()
         if i:  # the first step warms up
             total += t5 - t0
             rnn += (t2 - t1) + (t4 - t3)
-    return total / steps, rnn / steps
+            head += t3 - t2
+    return total / steps, rnn / steps, head / steps
+
+
+#: the contenders: (label, recurrent layer from torch.nn, fused output layer, bf16 autocast)
+CONTENDERS = (
+    ("torch.nn (LSTM + Linear + cross_entropy), float32", True, False, False),
+    ("carousel (fused kernels + fused output layer), float32", False, True, False),
+    ("torch.nn under bf16 autocast", True, False, True),
+    ("carousel, precision bf16", False, True, True),
+)
 
 
 def main() -> None:
@@ -75,29 +101,32 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="alternating rounds")
     ap.add_argument("--steps", type=int, default=5, help="timed steps per round")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--float32-only", action="store_true", help="skip the bf16 contenders")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    contenders = [c for c in CONTENDERS if not (args.float32_only and c[3])]
     for name, (vocab, fields) in MODELS.items():
         cfg = LMConfig(**fields)
-        times: dict[str, list[float]] = {"carousel": [], "torch.nn": []}
-        rnn_share: list[float] = []
-        models = {"carousel": build(vocab, cfg, False), "torch.nn": build(vocab, cfg, True)}
+        models = [build(vocab, cfg, torch_nn) for _, torch_nn, _, _ in contenders]
+        times: list[list[tuple[float, float, float]]] = [[] for _ in contenders]
         for _ in range(args.repeats):
-            for kind, model in models.items():  # alternate: carousel, torch.nn, carousel, ...
-                t, r = step_time(model, vocab, cfg, args.steps)
-                times[kind].append(t)
-                if kind == "carousel":
-                    rnn_share.append(r / t)
+            for k, (model, (_, _, fused, bf16)) in enumerate(zip(models, contenders)):
+                times[k].append(step_time(model, vocab, cfg, args.steps, fused, bf16))
         tokens = cfg.batch_size * cfg.bptt
-        ours, ref = statistics.median(times["carousel"]), statistics.median(times["torch.nn"])
-        print(
-            f"{name}: carousel {tokens / ours:,.0f} tok/s, torch.nn.LSTM {tokens / ref:,.0f} "
-            f"tok/s, ratio carousel/torch.nn {ref / ours:.3f}; carousel time in recurrent "
-            f"layers {100 * statistics.median(rnn_share):.0f} %",
-            flush=True,
-        )
+        anchor = statistics.median(t[0] for t in times[0])
+        print(f"{name}:")
+        for (label, *_), ts in zip(contenders, times):
+            total = statistics.median(t[0] for t in ts)
+            rnn = statistics.median(t[1] / t[0] for t in ts)
+            head = statistics.median(t[2] / t[0] for t in ts)
+            print(
+                f"  {label}: {tokens / total:,.0f} tok/s, {1e3 * total:.1f} ms/step, "
+                f"× {anchor / total:.2f} of torch.nn float32; recurrent {100 * rnn:.0f} %, "
+                f"output layer + loss {100 * head:.0f} %, rest {100 * (1 - rnn - head):.0f} %",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
