@@ -30,6 +30,7 @@ from carousel.handwriting import (
     HandwritingConfig,
     compose_strings,
     draw_probabilities,
+    feature_options,
     train_digit_classifier,
     train_string_recogniser,
 )
@@ -60,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         model, metrics = train_string_recogniser(cfg, parts, log=log)
         if args.png:
             strokes, label = compose_strings(parts["test"], 1, cfg.seed + 3, cfg)[0]
-            read = draw_probabilities(model, strokes, args.png, label, cfg.step)
+            read = draw_probabilities(
+                model, strokes, args.png, label, cfg.step, **feature_options(cfg)
+            )
             print(f"figure {args.png}: truth {label!r}, read {read!r}")
     result = {
         "task": args.task,
