@@ -3,6 +3,11 @@ CTC) on the writer-independent split; prints per-epoch validation scores and a f
 line with validation/test scores, seed and wall time (what EXPERIMENTS.md quotes).  For
 strings it also draws a test string's strokes and per-frame label probabilities (--png).
 
+Every test score is also given without IBM's box-rescaled samples ("test_clean":
+:func:`carousel.data.unipen.box_rescaled`; strings then composed from the other test
+digits), whose segments often hold one stroke of a several-stroke digit.  For digits it
+prints the confusion matrix of each test organisation.
+
     python bench/handwriting.py --archive ../shared/data/unipen_1a/unipen_1a.tar.gz \
         --task digits --preset unipen-digits
     python bench/handwriting.py --archive ... --task strings --preset unipen-strings \
@@ -25,11 +30,14 @@ from carousel.config import (
     overrides_from_args,
     resolve_config,
 )
-from carousel.data.unipen import read_unipen, split_by_organisation
+from carousel.data.unipen import box_rescaled, read_unipen, split_by_organisation
 from carousel.handwriting import (
     HandwritingConfig,
     compose_strings,
     draw_probabilities,
+    evaluate_digits,
+    evaluate_strings,
+    feature_options,
     train_digit_classifier,
     train_string_recogniser,
 )
@@ -54,13 +62,28 @@ def main(argv: list[str] | None = None) -> int:
     parts = split_by_organisation(read_unipen(args.archive))
     print({k: len(v) for k, v in parts.items()}, f"parsed in {time.perf_counter() - start:.0f} s")
     log = lambda s: print(s, flush=True)  # noqa: E731
+    clean = [s for s in parts["test"] if not box_rescaled(s)]
+    options = feature_options(cfg)
     if args.task == "digits":
         model, metrics = train_digit_classifier(cfg, parts, log=log)
+        test_clean = {"accuracy": evaluate_digits(model, clean, cfg.step, **options)}
+        for org, result in metrics["test_by_organisation"].items():
+            print(f"test {org}: accuracy {100 * result['accuracy']:.2f} %; confusion (rows truth)")
+            print("      " + "".join(f"{d:>5}" for d in "0123456789"))
+            for d, row in enumerate(result["confusion"]):
+                print(f"    {d} " + "".join(f"{v:>5}" for v in row))
     else:
         model, metrics = train_string_recogniser(cfg, parts, log=log)
+        strings = compose_strings(clean, cfg.eval_strings, cfg.seed + 2, cfg)
+        test_clean = {
+            "greedy": evaluate_strings(model, strings, cfg.step, **options),
+            "beam": evaluate_strings(model, strings, cfg.step, cfg.beam_width, **options),
+        }
         if args.png:
             strokes, label = compose_strings(parts["test"], 1, cfg.seed + 3, cfg)[0]
-            read = draw_probabilities(model, strokes, args.png, label, cfg.step)
+            read = draw_probabilities(
+                model, strokes, args.png, label, cfg.step, **feature_options(cfg)
+            )
             print(f"figure {args.png}: truth {label!r}, read {read!r}")
     result = {
         "task": args.task,
@@ -68,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         "best_epoch": metrics["best_epoch"],
         "validation": metrics["validation"],
         "test": metrics.get("test"),
+        "test_clean": test_clean,
+        "test_clean_digits": len(clean),
         "wall_s": round(time.perf_counter() - start, 1),
         "threads": args.threads,
         "machine": platform.processor() or platform.machine(),

@@ -22,8 +22,10 @@ from carousel.handwriting import (
     beam_decode,
     character_error_rate,
     compose_strings,
+    confusion_by_organisation,
     draw_probabilities,
     edit_distance,
+    evaluate_digits,
     evaluate_strings,
     greedy_decode,
     recognise,
@@ -151,6 +153,18 @@ def test_tiny_digit_classifier_learns_made_up_digits():
     cfg = HandwritingConfig(**{**TINY.__dict__, "epochs": 40, "hidden_size": 32, "augment": 0.3})
     model, metrics = train_digit_classifier(cfg, parts, log=None)
     assert metrics["test"]["accuracy"] == 1.0
+    by_org = metrics["test_by_organisation"]
+    assert list(by_org) == ["c"] and by_org["c"]["accuracy"] == 1.0
+    assert np.array_equal(np.diag(by_org["c"]["confusion"])[:5], [2, 2, 2, 2, 2])
+    # a second organisation whose digits are drawn upside down: confusion rows are the truth
+    flipped = [
+        Sample(s.label, tuple(p * [1, -1] for p in s.strokes), "z", s.source)
+        for s in fake_samples(10, "z", 3)
+    ]
+    confusion = confusion_by_organisation(model, parts["test"] + flipped)
+    assert list(confusion) == ["c", "z"]
+    assert confusion["z"].sum() == 10 and confusion["z"][:5].sum(1).tolist() == [2] * 5
+    assert evaluate_digits(model, flipped) == np.trace(confusion["z"]) / 10
     assert recognise(model, glyph(3, random.Random(9))) == "3"
     tensors, meta = recogniser_to_parts(model)
     again = recogniser_from_parts(tensors, json.loads(json.dumps(meta)))
@@ -205,6 +219,10 @@ def test_bad_inputs_raise_value_errors(tmp_path):
         HandwritingConfig(min_digits=5, max_digits=3).validate()
     with pytest.raises(ValueError, match="max_digits"):
         HandwritingConfig(train_min_digits=9).validate()
+    with pytest.raises(ValueError, match="resampling must be one of"):
+        HandwritingConfig(resampling="spline").validate()
+    with pytest.raises(ValueError, match="smooth must be"):
+        HandwritingConfig(smooth=-0.1).validate()
     model = DigitClassifier(tiny_shape())
     with pytest.raises(ValueError, match="each stroke"):
         recognise(model, [np.zeros((3, 3))])

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from carousel.checkpoint import load_checkpoint
 from carousel.cli import main
 from carousel.data.unipen import write_stroke_file
+from carousel.handwriting import cli as handwriting_cli
 from carousel.handwriting.cli import save_recogniser
-from carousel.handwriting.train import train_digit_classifier
+from carousel.handwriting.train import recognise, train_digit_classifier
 from test_handwriting import TINY, fake_samples, glyph
 
 SENTENCES = [
@@ -96,15 +98,28 @@ def test_mistakes_get_one_line(ewt, tmp_path, capsys):
     one_line_error(capsys, "train", "u.tar.gz")
 
 
-def test_read_recognises_a_stroke_file_and_checks_the_checkpoint_kind(ewt, tmp_path, capsys):
+def test_read_recognises_a_stroke_file_and_checks_the_checkpoint_kind(
+    ewt, tmp_path, capsys, monkeypatch
+):
     parts = {"train": fake_samples(10, "a", 0), "validation": fake_samples(10, "b", 1)}
-    cfg = TINY.__class__(**{**TINY.__dict__, "epochs": 40, "hidden_size": 32})
+    # arc-length resampling and smoothing: `read` must featurise as training did
+    options = {"resampling": "arc", "smooth": 0.03}
+    cfg = TINY.__class__(**{**TINY.__dict__, "epochs": 40, "hidden_size": 32, **options})
     model, metrics = train_digit_classifier(cfg, parts, log=None)
     ckpt = save_recogniser(tmp_path / "hw", model, cfg, "digits", metrics)
+    assert {k: load_checkpoint(ckpt)[1]["config"][k] for k in options} == options
     strokes = tmp_path / "three.txt"
     write_stroke_file(strokes, glyph(3, random.Random(7)))
+    seen: dict = {}
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return recognise(*args, **kwargs)
+
+    monkeypatch.setattr(handwriting_cli, "recognise", spy)
     assert main(["read", str(ckpt), str(strokes)]) == 0
     assert capsys.readouterr().out.strip() == "3"
+    assert seen == options
 
     assert (
         main(

@@ -15,6 +15,7 @@ import pytest
 from carousel.data.unipen import (
     FEATURES,
     Sample,
+    box_rescaled,
     compose_string,
     distort,
     normalise,
@@ -22,7 +23,9 @@ from carousel.data.unipen import (
     read_stroke_file,
     read_unipen,
     resample,
+    resample_arc,
     sample_features,
+    smooth_strokes,
     split_by_organisation,
     write_stroke_file,
 )
@@ -199,6 +202,61 @@ def test_features_are_scale_and_offset_free():
     np.testing.assert_allclose(f[3, :2], [0.25, -1.0])  # the jump to the second stroke
     dense = [np.stack([np.zeros(101), np.linspace(0, 1, 101)], 1).astype(np.float32)]
     assert len(resample(dense, 0.1)[0]) == 11
+
+
+def test_arc_resampling_spaces_points_evenly_whatever_the_tablet_rate():
+    # An L: 0.6 up then 0.3 right, written by a sparse tablet (3 points, one repeated)...
+    sparse = np.array([[0, 0.6], [0, 0.6], [0, 0], [0.3, 0]], np.float32)
+    # ...and by a dense one (61 + 31 points along the same path).
+    dense = np.concatenate(
+        [
+            np.stack([np.zeros(61), np.linspace(0.6, 0, 61)], 1),
+            np.stack([np.linspace(0.01, 0.3, 30), np.zeros(30)], 1),
+        ]
+    ).astype(np.float32)
+    a, b = resample_arc([sparse], 0.1)[0], resample_arc([dense], 0.1)[0]
+    assert len(a) == len(b) == 10  # 0.9 of arc length: 9 intervals of 0.1, ends kept
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(np.hypot(*np.diff(a, axis=0).T), 0.1, atol=1e-5)
+    np.testing.assert_allclose(a[[0, 6, 9]], [[0, 0.6], [0, 0], [0.3, 0]], atol=1e-6)
+    # the old rule only drops points: the sparse tablet's jumps of 0.6 stay
+    assert len(resample([sparse], 0.1)[0]) == 3
+    # a dot (shorter than step / 2) keeps one point; a zero-length stroke too
+    dot = np.array([[1, 1], [1.02, 1]], np.float32)
+    assert resample_arc([dot, dot[:1]], 0.1)[0].shape == (1, 2)
+    assert resample_arc([dot, dot[:1]], 0.1)[1].shape == (1, 2)
+    with pytest.raises(ValueError, match="step must be positive"):
+        resample_arc([dense], 0.0)
+
+
+def test_smoothing_removes_a_coordinate_staircase():
+    # A diagonal as a tablet with a coarse grid records it: a staircase of 0.1 steps.
+    steps = [[0.1 * (k // 2 + k % 2), 0.1 * (k // 2)] for k in range(21)]
+    stair = np.array(steps, np.float32)  # from (0, 0) to (1, 1) via (0.1, 0), (0.1, 0.1)...
+    smoothed = smooth_strokes([stair], 0.1)[0]
+    inner = smoothed[len(smoothed) // 5 : -len(smoothed) // 5]  # away from the padded ends
+    # on the stair's centre line x - y = 0.05, where the raw points swing between 0 and 0.1
+    np.testing.assert_allclose(inner[:, 0] - inner[:, 1], 0.05, atol=0.002)
+    assert np.ptp(stair[:, 0] - stair[:, 1]) == pytest.approx(0.1)
+    np.testing.assert_allclose(smooth_strokes([stair], 0.0)[0], stair)
+    f = sample_features([stair], 0.1, resampling="arc", smooth=0.1)
+    directions = f[1:, :2] / np.linalg.norm(f[1:, :2], axis=1, keepdims=True)
+    np.testing.assert_allclose(directions[3:-3], np.sqrt(0.5), atol=0.05)  # 45° throughout
+    with pytest.raises(ValueError, match="resampling must be one of"):
+        sample_features([stair], 0.1, resampling="cubic")
+    with pytest.raises(ValueError, match="sigma must be"):
+        smooth_strokes([stair], -1.0)
+
+
+def test_box_rescaled_samples_are_told_by_their_origin():
+    # IBM's late boxes: rescaled so the sample starts at (0, 0) (here an upright of a 4)
+    upright = np.array([[2843, 5688], [2843, 2500], [2843, 0]], np.float32)
+    crossbar = np.array([[0, 400], [4000, 0]], np.float32)
+    assert box_rescaled(Sample("4", (upright, crossbar), "ibm", "r:1"))
+    assert box_rescaled(Sample("1", (np.zeros((3, 2), np.float32),), "ibm", "r:2"))
+    # tablet coordinates: touching one axis is not enough
+    assert not box_rescaled(Sample("4", (upright + np.float32(10),), "ibm", "r:3"))
+    assert not box_rescaled(Sample("7", (crossbar + np.float32(90),), "val", "v:1"))
 
 
 def test_composed_strings_concatenate_digits_left_to_right():

@@ -226,6 +226,18 @@ def read_unipen(archive: str | Path, labels: str | None = "0123456789") -> list[
     return samples
 
 
+def box_rescaled(sample: Sample) -> bool:
+    """Whether ``sample``'s coordinates start at exactly (0, 0) on both axes: the mark of
+    the part of IBM's files (the later ``.START_BOX`` boxes of every ``ibm/ibm0/r*.dat``) that
+    was rescaled box by box to about 0..6000 units.  There a box, and so a ``.SEGMENT``,
+    often holds one stroke of a digit written in several: the crossbar or the upright of a
+    4, the slash of a slashed 0, the base of a 1, each labelled with the whole digit and
+    each in its own coordinates, so the strokes cannot be put together again.  No other
+    organisation of the 1a set has a sample starting at (0, 0)."""
+    points = np.concatenate(sample.strokes)
+    return bool((points.min(0) == 0).all())
+
+
 def split_by_organisation(
     samples: Iterable[Sample],
     validation: Sequence[str] = VALIDATION_ORGANISATIONS,
@@ -297,6 +309,76 @@ def resample(strokes: Sequence[np.ndarray], step: float) -> list[np.ndarray]:
     return out
 
 
+RESAMPLINGS = ("drop", "arc")
+
+
+def _arc_positions(stroke: np.ndarray) -> np.ndarray:
+    """Cumulative arc length at each point of an (n, 2) stroke: (n,)."""
+    return np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(stroke, axis=0).T))])
+
+
+def _interpolate(stroke: np.ndarray, count: int) -> np.ndarray:
+    """``count`` ≥ 2 points at equal arc-length spacing along ``stroke`` (its first and last
+    point included); a stroke of zero length gives its first point alone."""
+    s = _arc_positions(stroke.astype(np.float64))
+    if s[-1] <= 0:
+        return stroke[:1].astype(np.float32)
+    keep = np.concatenate([[True], np.diff(s) > 0])  # drop repeated points
+    s, points = s[keep], stroke[keep].astype(np.float64)
+    at = np.linspace(0.0, s[-1], count)
+    return np.column_stack([np.interp(at, s, points[:, 0]), np.interp(at, s, points[:, 1])])
+
+
+def resample_arc(strokes: Sequence[np.ndarray], step: float) -> list[np.ndarray]:
+    """Each stroke re-drawn through points at equal arc-length spacing of about ``step``
+    (round(length / step) intervals, first and last point kept, linear interpolation), so
+    sparse and dense tablets alike give one point every ``step``; a stroke shorter than
+    ``step / 2`` (a dot) keeps its first point only."""
+    if not step > 0:
+        raise ValueError(f"step must be positive; got {step}")
+    out = []
+    for stroke in strokes:
+        length = float(_arc_positions(stroke.astype(np.float64))[-1])
+        intervals = round(length / step)
+        if intervals == 0:
+            out.append(stroke[:1].astype(np.float32))
+        else:
+            out.append(_interpolate(stroke, intervals + 1).astype(np.float32))
+    return out
+
+
+def smooth_strokes(strokes: Sequence[np.ndarray], sigma: float) -> list[np.ndarray]:
+    """Strokes smoothed by a Gaussian of standard deviation ``sigma`` *along the arc length*
+    (in the strokes' units), so the result does not depend on the tablet's sampling rate:
+    each stroke is first re-drawn every ``sigma / 4`` and its x, y convolved with the
+    Gaussian (ends padded with the end points).  Removes the staircase of tablets with
+    coarse coordinate grids (IBM's and Toshiba's are 1/15 to 1/20 of a digit's height).
+    ``sigma`` 0 returns copies unchanged."""
+    if sigma < 0:
+        raise ValueError(f"sigma must be ≥ 0; got {sigma}")
+    if sigma == 0:
+        return [np.array(s, dtype=np.float32) for s in strokes]
+    spacing = sigma / 4
+    radius = 12  # 3 sigma, in samples of `spacing`
+    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / 4.0) ** 2)
+    kernel /= kernel.sum()
+    out = []
+    for stroke in strokes:
+        length = float(_arc_positions(stroke.astype(np.float64))[-1])
+        if length < spacing:
+            out.append(np.array(stroke, dtype=np.float32))
+            continue
+        dense = _interpolate(stroke, round(length / spacing) + 1)  # (n, 2)
+        padded = np.concatenate(
+            [np.repeat(dense[:1], radius, 0), dense, np.repeat(dense[-1:], radius, 0)]
+        )
+        smoothed = np.column_stack(
+            [np.convolve(padded[:, k], kernel, mode="valid") for k in range(2)]
+        )
+        out.append(smoothed.astype(np.float32))
+    return out
+
+
 FEATURES = 4  # dx, dy, y, pen lifted before this point
 
 
@@ -312,17 +394,38 @@ def point_features(strokes: Sequence[np.ndarray]) -> np.ndarray:
     return np.column_stack([delta, points[:, 1], lifted]).astype(np.float32)
 
 
-def sample_features(strokes: Sequence[np.ndarray], step: float = 0.04) -> np.ndarray:
+def sample_features(
+    strokes: Sequence[np.ndarray],
+    step: float = 0.04,
+    *,
+    resampling: str = "drop",
+    smooth: float = 0.0,
+) -> np.ndarray:
     """Normalise, resample and featurise one sample's strokes: (N, FEATURES), dx and dy in
-    units of ``step`` (so they are of order 1 along a stroke)."""
-    return line_features(normalise(strokes), step)
+    units of ``step`` (so they are of order 1 along a stroke).  See :func:`line_features`
+    for ``resampling`` and ``smooth``."""
+    return line_features(normalise(strokes), step, resampling=resampling, smooth=smooth)
 
 
-def line_features(strokes: Sequence[np.ndarray], step: float = 0.04) -> np.ndarray:
+def line_features(
+    strokes: Sequence[np.ndarray],
+    step: float = 0.04,
+    *,
+    resampling: str = "drop",
+    smooth: float = 0.0,
+) -> np.ndarray:
     """Resample and featurise strokes already at unit height (a composed line is not
     re-normalised: its digits keep their own scale): (N, FEATURES), dx and dy in units of
-    ``step``."""
-    features = point_features(resample(strokes, step))
+    ``step``.  ``smooth`` > 0 first smooths the strokes (:func:`smooth_strokes`, sigma in
+    heights); ``resampling`` ``"drop"`` keeps raw points at least ``step`` apart
+    (:func:`resample`), ``"arc"`` interpolates one point every ``step`` of arc length
+    (:func:`resample_arc`)."""
+    if resampling not in RESAMPLINGS:
+        raise ValueError(f"resampling must be one of {RESAMPLINGS}; got {resampling!r}")
+    if smooth:
+        strokes = smooth_strokes(strokes, smooth)
+    points = resample_arc(strokes, step) if resampling == "arc" else resample(strokes, step)
+    features = point_features(points)
     features[:, :2] /= step
     return features
 

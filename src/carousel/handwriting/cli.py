@@ -26,6 +26,7 @@ from carousel.handwriting.model import (
 )
 from carousel.handwriting.train import (
     HandwritingConfig,
+    feature_options,
     recognise,
     train_digit_classifier,
     train_string_recogniser,
@@ -72,7 +73,8 @@ def cmd_read(args: argparse.Namespace) -> int:
     cfg = config_from_dict(HandwritingConfig, meta["config"])
     model = recogniser_from_parts(tensors, meta)
     beam = cfg.beam_width if args.beam_width is None else args.beam_width
-    print(recognise(model, read_stroke_file(args.strokes), cfg.step, beam))
+    strokes = read_stroke_file(args.strokes)
+    print(recognise(model, strokes, cfg.step, beam, **feature_options(cfg)))
     return 0
 
 

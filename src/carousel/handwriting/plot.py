@@ -28,6 +28,9 @@ def draw_probabilities(
     label: str | None = None,
     step: float = 0.04,
     dpi: int = 90,
+    *,
+    resampling: str = "drop",
+    smooth: float = 0.0,
 ) -> str:
     """Write a PNG of ``strokes`` (unit height, as composed) and the per-frame probabilities
     of blank and each digit; returns the greedy transcription.  The file is written to a
@@ -37,14 +40,14 @@ def draw_probabilities(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from carousel.data.unipen import resample
+    from carousel.data.unipen import resample, resample_arc, smooth_strokes
     from carousel.handwriting.decode import greedy_decode
     from carousel.handwriting.train import pad_batch, string_features
 
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"expected a .png path; got {path}")
-    features = string_features(strokes, step)
+    features = string_features(strokes, step, resampling=resampling, smooth=smooth)
     x, lengths = pad_batch([features])
     model.eval()
     with torch.no_grad():
@@ -52,7 +55,8 @@ def draw_probabilities(
     probs = log_probs.exp().numpy()
     text = "".join(DIGITS[k - 1] for k in greedy_decode(log_probs))
 
-    points = resample(strokes, step)
+    smoothed = smooth_strokes(strokes, smooth)
+    points = resample_arc(smoothed, step) if resampling == "arc" else resample(smoothed, step)
     fig, (top, bottom) = plt.subplots(
         2, 1, figsize=(10, 4.2), gridspec_kw={"height_ratios": [1.2, 1]}
     )

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from carousel.cells import get_cell
 from carousel.config import check_at_least
 from carousel.data.unipen import (
+    RESAMPLINGS,
     Sample,
     compose_string,
     distort,
@@ -51,7 +52,10 @@ from carousel.tagging.train import length_batches
 class HandwritingConfig:
     """Settings of a handwriting job (presets ``unipen-digits``, ``unipen-strings``).
 
-    ``step``: resampling distance in units of a digit's height.  For strings,
+    ``step``: resampling distance in units of a digit's height; ``resampling`` ``"drop"``
+    keeps raw points at least ``step`` apart, ``"arc"`` interpolates one point every
+    ``step`` of arc length; ``smooth`` > 0 first smooths every stroke along its length by a
+    Gaussian of that width (in heights).  For strings,
     ``train_strings`` new random strings are composed from the training organisations
     every epoch, ``train_min_digits``..``max_digits`` long (short ones help CTC leave its
     all-blank start); validation and test use ``eval_strings`` fixed strings of
@@ -67,6 +71,8 @@ class HandwritingConfig:
     hidden_size: int = 64
     dropout: float = 0.2
     step: float = 0.04
+    resampling: str = "drop"
+    smooth: float = 0.0
     epochs: int = 10
     batch_size: int = 32
     lr: float = 0.003
@@ -101,10 +107,22 @@ class HandwritingConfig:
             )
         if not 0 <= self.dropout < 1 or not self.step > 0 or not self.lr > 0:
             raise ValueError("dropout must be in [0, 1), step and lr positive")
+        if self.resampling not in RESAMPLINGS:
+            raise ValueError(
+                f"resampling must be one of {', '.join(RESAMPLINGS)}; got {self.resampling!r}"
+            )
+        if self.smooth < 0:
+            raise ValueError(f"smooth must be ≥ 0; got {self.smooth}")
         if self.augment < 0:
             raise ValueError(f"augment must be ≥ 0; got {self.augment}")
         if self.max_train_samples < 0:
             raise ValueError(f"max_train_samples must be ≥ 0; got {self.max_train_samples}")
+
+
+def feature_options(cfg: HandwritingConfig) -> dict:
+    """The keyword arguments (``resampling``, ``smooth``) that the feature functions need
+    besides ``step``."""
+    return {"resampling": cfg.resampling, "smooth": cfg.smooth}
 
 
 def _shape(cfg: HandwritingConfig, kind: str) -> RecogniserShape:
@@ -192,11 +210,19 @@ def _run_epochs(
 
 
 # ---------------------------------------------------------------------------- digits
-def evaluate_digits(model: DigitClassifier, samples: Sequence[Sample], step: float = 0.04) -> float:
+def evaluate_digits(
+    model: DigitClassifier,
+    samples: Sequence[Sample],
+    step: float = 0.04,
+    *,
+    resampling: str = "drop",
+    smooth: float = 0.0,
+) -> float:
     """Accuracy (a fraction) of the classifier on isolated digit samples."""
     if not samples:
         raise ValueError("expected at least one sample to evaluate on")
-    features = [sample_features(s.strokes, step) for s in samples]
+    options = {"resampling": resampling, "smooth": smooth}
+    features = [sample_features(s.strokes, step, **options) for s in samples]
     labels = [DIGITS.index(s.label) for s in samples]
     right = 0
     was_training = model.training
@@ -208,6 +234,33 @@ def evaluate_digits(model: DigitClassifier, samples: Sequence[Sample], step: flo
             right += sum(p == labels[i] for p, i in zip(predicted, batch))
     model.train(was_training)
     return right / len(samples)
+
+
+def confusion_by_organisation(
+    model: DigitClassifier,
+    samples: Sequence[Sample],
+    step: float = 0.04,
+    *,
+    resampling: str = "drop",
+    smooth: float = 0.0,
+) -> dict[str, np.ndarray]:
+    """``{organisation: (10, 10) int64 confusion matrix}`` of the classifier on isolated
+    digits, rows the true digit and columns the predicted one (accuracy = trace / sum)."""
+    if not samples:
+        raise ValueError("expected at least one sample to evaluate on")
+    options = {"resampling": resampling, "smooth": smooth}
+    out: dict[str, np.ndarray] = {}
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for batch in length_batches([s.num_points for s in samples], 256):
+            features = [sample_features(samples[i].strokes, step, **options) for i in batch]
+            x, lengths = pad_batch(features)
+            for i, p in zip(batch, model(x, lengths).argmax(1).tolist()):
+                matrix = out.setdefault(samples[i].organisation, np.zeros((10, 10), np.int64))
+                matrix[DIGITS.index(samples[i].label), p] += 1
+    model.train(was_training)
+    return dict(sorted(out.items()))
 
 
 def train_digit_classifier(
@@ -226,7 +279,8 @@ def train_digit_classifier(
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     train = parts["train"][: cfg.max_train_samples or None]
-    features = [sample_features(s.strokes, cfg.step) for s in train]
+    options = feature_options(cfg)
+    features = [sample_features(s.strokes, cfg.step, **options) for s in train]
     labels = torch.tensor([DIGITS.index(s.label) for s in train])
     model = DigitClassifier(_shape(cfg, "digit"))
     loss_fn = nn.CrossEntropyLoss()
@@ -237,7 +291,8 @@ def train_digit_classifier(
         nonlocal features
         if cfg.augment > 0 and epoch > 1:
             features = [
-                sample_features(distort(s.strokes, np_rng, cfg.augment), cfg.step) for s in train
+                sample_features(distort(s.strokes, np_rng, cfg.augment), cfg.step, **options)
+                for s in train
             ]
         for batch in length_batches([len(f) for f in features], cfg.batch_size, rng):
             x, lengths = pad_batch([features[i] for i in batch])
@@ -248,7 +303,7 @@ def train_digit_classifier(
         model,
         batches,
         lambda x, lengths, y: loss_fn(model(x, lengths), y),
-        lambda: {"accuracy": evaluate_digits(model, parts["validation"], cfg.step)},
+        lambda: {"accuracy": evaluate_digits(model, parts["validation"], cfg.step, **options)},
         "accuracy",
         True,
         log,
@@ -258,10 +313,17 @@ def train_digit_classifier(
         "epochs": history,
         "seconds": seconds,
         "train_samples": len(train),
-        "validation": {"accuracy": evaluate_digits(model, parts["validation"], cfg.step)},
+        "validation": {
+            "accuracy": evaluate_digits(model, parts["validation"], cfg.step, **options)
+        },
     }
     if parts.get("test"):
-        metrics["test"] = {"accuracy": evaluate_digits(model, parts["test"], cfg.step)}
+        metrics["test"] = {"accuracy": evaluate_digits(model, parts["test"], cfg.step, **options)}
+        confusion = confusion_by_organisation(model, parts["test"], cfg.step, **options)
+        metrics["test_by_organisation"] = {
+            org: {"accuracy": float(np.trace(m) / m.sum()), "confusion": m.tolist()}
+            for org, m in confusion.items()
+        }
     return model, metrics
 
 
@@ -280,11 +342,17 @@ def compose_strings(
     return [compose_string(samples, rng, low, cfg.max_digits) for _ in range(count)]
 
 
-def string_features(strokes: Sequence[np.ndarray], step: float = 0.04) -> np.ndarray:
+def string_features(
+    strokes: Sequence[np.ndarray],
+    step: float = 0.04,
+    *,
+    resampling: str = "drop",
+    smooth: float = 0.0,
+) -> np.ndarray:
     """Per-point features of a line of writing whose strokes are already at unit height
     (as :func:`~carousel.data.unipen.compose_string` makes): resampled, not re-normalised
     horizontally."""
-    return line_features(strokes, step)
+    return line_features(strokes, step, resampling=resampling, smooth=smooth)
 
 
 def _targets(labels: Sequence[str]) -> tuple[Tensor, Tensor]:
@@ -317,12 +385,16 @@ def evaluate_strings(
     strings: Sequence[tuple[Sequence[np.ndarray], str]],
     step: float = 0.04,
     beam_width: int = 0,
+    *,
+    resampling: str = "drop",
+    smooth: float = 0.0,
 ) -> dict[str, float]:
     """``{"cer", "string_accuracy"}`` (fractions) of greedy (``beam_width`` 0) or beam
     decoding on composed strings."""
     if not strings:
         raise ValueError("expected at least one string to evaluate on")
-    features = [string_features(s, step) for s, _ in strings]
+    options = {"resampling": resampling, "smooth": smooth}
+    features = [string_features(s, step, **options) for s, _ in strings]
     hypotheses = transcribe(model, features, beam_width)
     references = [label for _, label in strings]
     return {
@@ -346,6 +418,7 @@ def train_string_recogniser(
     torch.manual_seed(cfg.seed)
     train = parts["train"][: cfg.max_train_samples or None]
     validation = compose_strings(parts["validation"], cfg.eval_strings, cfg.seed + 1, cfg)
+    options = feature_options(cfg)
     model = StringRecogniser(_shape(cfg, "string"))
     ctc = nn.CTCLoss(blank=0, zero_infinity=True)
 
@@ -362,7 +435,7 @@ def train_string_recogniser(
         strings = compose_strings(
             source, cfg.train_strings, cfg.seed * 1000 + epoch, cfg, cfg.train_min_digits
         )
-        features = [string_features(s, cfg.step) for s, _ in strings]
+        features = [string_features(s, cfg.step, **options) for s, _ in strings]
         for batch in length_batches([len(f) for f in features], cfg.batch_size, rng):
             x, lengths = pad_batch([features[i] for i in batch])
             yield x, lengths, _targets([strings[i][1] for i in batch])
@@ -376,7 +449,7 @@ def train_string_recogniser(
         model,
         batches,
         loss_of,
-        lambda: evaluate_strings(model, validation, cfg.step),
+        lambda: evaluate_strings(model, validation, cfg.step, **options),
         "cer",
         False,
         log,
@@ -385,13 +458,13 @@ def train_string_recogniser(
         "best_epoch": best_epoch,
         "epochs": history,
         "seconds": seconds,
-        "validation": evaluate_strings(model, validation, cfg.step),
+        "validation": evaluate_strings(model, validation, cfg.step, **options),
     }
     if parts.get("test"):
         test = compose_strings(parts["test"], cfg.eval_strings, cfg.seed + 2, cfg)
         metrics["test"] = {
-            "greedy": evaluate_strings(model, test, cfg.step),
-            "beam": evaluate_strings(model, test, cfg.step, cfg.beam_width),
+            "greedy": evaluate_strings(model, test, cfg.step, **options),
+            "beam": evaluate_strings(model, test, cfg.step, cfg.beam_width, **options),
         }
     return model, metrics
 
@@ -401,6 +474,9 @@ def recognise(
     strokes: Sequence[np.ndarray],
     step: float = 0.04,
     beam_width: int = 0,
+    *,
+    resampling: str = "drop",
+    smooth: float = 0.0,
 ) -> str:
     """The digits written in ``strokes`` (pen-down trajectories, each (n, 2) x, y in any
     units, y upwards).  A :class:`DigitClassifier` returns one digit; a
@@ -408,11 +484,13 @@ def recognise(
     from carousel.data.unipen import normalise
 
     strokes = _check_strokes(strokes)
+    options = {"resampling": resampling, "smooth": smooth}
     if isinstance(model, DigitClassifier):
-        x, lengths = pad_batch([sample_features(strokes, step)])
+        x, lengths = pad_batch([sample_features(strokes, step, **options)])
         model.eval()
         with torch.no_grad():
             return DIGITS[int(model(x, lengths).argmax(1))]
     if isinstance(model, StringRecogniser):
-        return transcribe(model, [string_features(normalise(strokes), step)], beam_width)[0]
+        features = string_features(normalise(strokes), step, **options)
+        return transcribe(model, [features], beam_width)[0]
     raise ValueError(f"expected a DigitClassifier or StringRecogniser; got {type(model).__name__}")
