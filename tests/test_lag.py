@@ -102,6 +102,26 @@ def test_sweep_writes_table_and_plot(tmp_path):
     assert (tmp_path / "sweep" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_sweep_gives_gate_biases_to_the_cells_that_have_the_gate(tmp_path):
+    cfg = LagConfig(
+        sweep_T="10",
+        sweep_cells="rnn,lstm1997,lstm",
+        sweep_seeds=1,
+        budget=32,
+        hidden_size=4,
+        forget_bias=1.0,
+        input_gate_bias=-2.0,
+        out=str(tmp_path / "sweep"),
+    )
+    results = run_sweep(cfg, log=lambda _m: None)
+    applied = {r.cell: (r.config["forget_bias"], r.config["input_gate_bias"]) for r in results}
+    assert applied == {"rnn": (None, None), "lstm1997": (None, -2.0), "lstm": (1.0, -2.0)}
+    table = (tmp_path / "sweep" / "results.md").read_text()
+    assert "Initial forget_bias 1, input_gate_bias -2 (cells that have the gate)." in table
+    with pytest.raises(ValueError, match="input_gate_bias must be a finite number"):
+        run_sweep(dataclasses.replace(cfg, cell="rnn", input_gate_bias=float("inf")))
+
+
 def test_spectral_radius():
     w = torch.randn(6, 6)
     set_spectral_radius(w, 0.7)
