@@ -12,7 +12,7 @@ from carousel.data import make_batch
 from carousel.lag import GradflowConfig, LagConfig, correct, run_gradflow, run_lag
 from carousel.lag.gradflow import Net, set_spectral_radius, state_gradients
 from carousel.lag.sweep import run_sweep
-from carousel.lag.train import LagModel
+from carousel.lag.train import LagModel, gate_biases
 
 
 def test_regression_criterion():
@@ -102,6 +102,26 @@ def test_sweep_writes_table_and_plot(tmp_path):
     assert (tmp_path / "sweep" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_sweep_gives_gate_biases_to_the_cells_that_have_the_gate(tmp_path):
+    cfg = LagConfig(
+        sweep_T="10",
+        sweep_cells="rnn,lstm1997,lstm",
+        sweep_seeds=1,
+        budget=32,
+        hidden_size=4,
+        forget_bias=1.0,
+        input_gate_bias=-2.0,
+        out=str(tmp_path / "sweep"),
+    )
+    results = run_sweep(cfg, log=lambda _m: None)
+    applied = {r.cell: (r.config["forget_bias"], r.config["input_gate_bias"]) for r in results}
+    assert applied == {"rnn": (None, None), "lstm1997": (None, -2.0), "lstm": (1.0, -2.0)}
+    table = (tmp_path / "sweep" / "results.md").read_text()
+    assert "Initial forget_bias 1, input_gate_bias -2 (cells that have the gate)." in table
+    with pytest.raises(ValueError, match="input_gate_bias must be a finite number"):
+        run_sweep(dataclasses.replace(cfg, cell="rnn", input_gate_bias=float("inf")))
+
+
 def test_spectral_radius():
     w = torch.randn(6, 6)
     set_spectral_radius(w, 0.7)
@@ -184,3 +204,78 @@ def test_cli_bad_arguments_get_one_line(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("cell", "i_rows", "o_rows", "untouched"),
+    [
+        ("lstm1997", slice(0, 4), slice(8, 12), slice(4, 8)),  # blocks i, g, o
+        ("lstm", slice(0, 4), slice(12, 16), slice(4, 12)),  # blocks i, f, g, o
+        ("peephole", slice(0, 4), slice(12, 16), slice(4, 12)),
+    ],
+)
+def test_gate_biases_land_in_their_blocks(cell, i_rows, o_rows, untouched):
+    torch.manual_seed(0)
+    model = LagModel("order6a", cell, 4, gate_biases={"i": -2.0, "o": -3.5})
+    b_ih, b_hh = model.rnn.bias_ih_l0.detach(), model.rnn.bias_hh_l0.detach()
+    assert (b_ih[i_rows] == -2.0).all() and (b_hh[i_rows] == 0).all()
+    assert (b_ih[o_rows] == -3.5).all() and (b_hh[o_rows] == 0).all()
+    # the other blocks keep torch's U(±1/√H) initialisation
+    assert (b_ih[untouched].abs() <= 0.5).all() and (b_ih[untouched] != 0).all()
+    assert (b_hh[untouched] != 0).all()
+
+
+def test_gate_biases_reach_the_gates():
+    """σ of the input gate at step 0 with zero input and state is σ(bias) exactly."""
+    torch.manual_seed(0)
+    model = LagModel("order6a", "lstm1997", 3, gate_biases={"i": -2.0})
+    x = torch.zeros(1, 2, 8)  # (T, B, I)
+    _, (_, c) = model.rnn(x)  # s_1 = i ⊙ g with g = tanh(b_g)
+    b = model.rnn.bias_ih_l0 + model.rnn.bias_hh_l0
+    expected = torch.sigmoid(torch.tensor(-2.0)) * torch.tanh(b[3:6])
+    torch.testing.assert_close(c[0, 0], expected.detach())
+
+
+def test_config_sets_gate_biases_and_rejects_missing_gates():
+    cfg = LagConfig(cell="lstm1997", input_gate_bias=-2.0, output_gate_bias=-1)
+    cfg.validate()
+    assert gate_biases(cfg) == {"i": -2.0, "o": -1.0}
+    assert gate_biases(LagConfig()) == {}
+    with pytest.raises(ValueError, match="input_gate_bias needs a cell with gate 'i'; cell 'rnn'"):
+        LagConfig(cell="rnn", input_gate_bias=-2.0).validate()
+    with pytest.raises(ValueError, match="output_gate_bias needs a cell with gate 'o'; cell 'gru'"):
+        LagConfig(cell="gru", output_gate_bias=-2.0).validate()
+    with pytest.raises(ValueError, match="has blocks i/f/g"):
+        LagConfig(cell="nog", output_gate_bias=-2.0).validate()
+    with pytest.raises(ValueError, match="input_gate_bias needs a cell with gate 'i'"):
+        LagConfig(cell="nig", input_gate_bias=-2.0).validate()
+    with pytest.raises(ValueError, match="input_gate_bias must be a finite number"):
+        LagConfig(input_gate_bias=float("nan")).validate()
+
+
+def test_cli_rejects_a_gate_bias_the_cell_lacks(capsys):
+    assert main(["lag", "--cell", "rnn", "--input-gate-bias", "-2", "--budget", "32"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("carousel lag: error: input_gate_bias needs")
+
+
+def test_negative_input_gate_bias_solves_temporal_order():
+    """Exp. 6a at T = 100: the 1997 cell (H = 16) is stuck at ln 4 with the default init and
+    solves the task once its input gates start biased to −2 (against internal state drift)."""
+    runs = {
+        ib: run_lag(
+            LagConfig(
+                task="order6a",
+                T=100,
+                cell="lstm1997",
+                hidden_size=16,
+                input_gate_bias=ib,
+                budget=20_000,
+                log_every=0,
+            ),
+            log=lambda _m: None,
+        )
+        for ib in (None, -2.0)
+    }
+    assert runs[-2.0].solved and runs[-2.0].test_wrong == 0, runs[-2.0]
+    assert not runs[None].solved and runs[None].test_wrong > 1000, runs[None]

@@ -8,13 +8,37 @@ import json
 import statistics
 from pathlib import Path
 
-from carousel.lag.train import LagConfig, LagResult, run_lag, sweep_lists, write_atomic
+from carousel.cells import get_cell
+from carousel.lag.train import (
+    GATE_BIAS_FIELDS,
+    LagConfig,
+    LagResult,
+    gate_biases,
+    run_lag,
+    sweep_lists,
+    write_atomic,
+)
+
+#: the initial-bias fields of LagConfig and the gate each one needs
+BIAS_FIELDS = {"forget_bias": "f", **GATE_BIAS_FIELDS}
+
+
+def for_cell(cfg: LagConfig, cell: str) -> LagConfig:
+    """``cfg`` for one sweep cell: the initial gate biases the cell has no gate for are
+    left unset (e.g. ``input_gate_bias`` for ``rnn`` and ``gru``, ``forget_bias`` for
+    ``lstm1997``), so one sweep can compare cells with and without those gates."""
+    gates = get_cell(cell).gates()
+    unset = {name: None for name, gate in BIAS_FIELDS.items() if gate not in gates}
+    return dataclasses.replace(cfg, cell=cell, **unset)
 
 
 def run_sweep(cfg: LagConfig, log=print) -> list[LagResult]:
     """Run every (task, T, cell, seed) of the sweep; write ``results.md``, ``results.json``
-    and ``sweep.png`` into ``cfg.out`` (default ``lag-sweep``) and return the results."""
-    cfg.validate()
+    and ``sweep.png`` into ``cfg.out`` (default ``lag-sweep``) and return the results.
+
+    Initial gate biases apply to the sweep's cells that have the gate (:func:`for_cell`)."""
+    gate_biases(cfg)  # a bad value fails here, whichever cells have the gate
+    for_cell(cfg, cfg.cell).validate()
     tasks, lengths, cells = sweep_lists(cfg)
     out = Path(cfg.out or "lag-sweep")
     results: list[LagResult] = []
@@ -23,7 +47,7 @@ def run_sweep(cfg: LagConfig, log=print) -> list[LagResult]:
             for cell in cells:
                 for seed in range(cfg.seed, cfg.seed + cfg.sweep_seeds):
                     one = dataclasses.replace(
-                        cfg, task=task, T=T, cell=cell, seed=seed, log_every=0, out=None
+                        for_cell(cfg, cell), task=task, T=T, seed=seed, log_every=0, out=None
                     )
                     r = run_lag(one, log=lambda _msg: None)
                     verdict = f"solved after {r.sequences:,}" if r.solved else "not solved"
@@ -56,7 +80,7 @@ def sweep_table(results: list[LagResult], cfg: LagConfig) -> str:
     lines = [
         f"Budget {cfg.budget:,} training sequences per run; Adam lr {cfg.lr}, minibatch "
         f"{cfg.batch_size}, H = {cfg.hidden_size}, clip {cfg.clip}; seeds "
-        f"{cfg.seed}..{cfg.seed + cfg.sweep_seeds - 1}.",
+        f"{cfg.seed}..{cfg.seed + cfg.sweep_seeds - 1}.{_biases(cfg)}",
         "",
         "| task | T | cell | solved | sequences to solve (median of solved) "
         "| test wrong of 2,560 (median) | wall s (sum) |",
@@ -71,6 +95,14 @@ def sweep_table(results: list[LagResult], cfg: LagConfig) -> str:
             f"| {task} | {T} | {cell} | {len(done)}/{len(rs)} | {med} | {wrong:g} | {wall:.0f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _biases(cfg: LagConfig) -> str:
+    """The caption's note on initial gate biases, for the cells that have the gate."""
+    set_ = [
+        f"{name} {getattr(cfg, name):g}" for name in BIAS_FIELDS if getattr(cfg, name) is not None
+    ]
+    return f" Initial {', '.join(set_)} (cells that have the gate)." if set_ else ""
 
 
 def sweep_plot(results: list[LagResult]) -> bytes:
