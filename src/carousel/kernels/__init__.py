@@ -5,7 +5,9 @@ every LSTM variant, GRU) on CPU float32/float64 tensors.  The time loop is compi
 and calls MKL (the BLAS inside torch) for the per-step recurrent product — from weights packed
 once per call (``cblas_sgemm_pack``) for float32 batches of equal lengths — and for vectorised
 exp/tanh; see :mod:`carousel.kernels._mkl`.  Per-step products below 4M multiply-adds run on
-one MKL thread (waking the second costs more than it saves).  The derivation is ``docs/bptt.md``.
+one MKL thread (waking the second costs more than it saves), unless the weight matrix is 2 MB
+or more (then two cores each stream half of it).  Under CPU bfloat16 autocast the products
+take bfloat16 operands and accumulate in float32.  The derivation is ``docs/bptt.md``.
 
 Nothing is imported or compiled until a layer first asks: :func:`available` loads the kernels
 on first use.  Where they cannot load (numba missing or broken, a torch without MKL), it

@@ -224,15 +224,18 @@ def mm_bf16(ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc):
 
 
 #: per-step products smaller than this many multiply-adds run on one MKL thread: waking a
-#: second thread costs more than it saves there, and far more on a busy machine.
+#: second thread costs more than it saves there, and far more on a busy machine ...
 SERIAL_STEP_MACS = 1 << 22
+#: ... unless the weight matrix has this many elements or more (2 MB in float32): then every
+#: step streams it from beyond one core's cache, and two cores each read half of it.
+PARALLEL_WEIGHTS = 1 << 19
 
 
 @numba.njit(**JIT)
 def step_threads(n, m, k):
-    """Set this thread's MKL threads for per-step (n, m, k) products; returns the old
-    setting for :func:`restore_threads`."""
-    if n * m * k < SERIAL_STEP_MACS:
+    """Set this thread's MKL threads for per-step products of n rows by an (m, k) weight
+    matrix; returns the old setting for :func:`restore_threads`."""
+    if n * m * k < SERIAL_STEP_MACS and m * k < PARALLEL_WEIGHTS:
         return _set_threads_local(1)
     return _set_threads_local(0)
 
