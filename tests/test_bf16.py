@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import carousel
-from carousel.kernels._mkl import to_bf16
+from carousel.kernels import common
+from carousel.kernels._mkl import BF16, to_bf16
 from carousel.kernels.common import bf16_wanted, matmul
 
 T, B, IN, H = 6, 4, 16, 16
@@ -123,3 +124,30 @@ def test_reference_path_runs_under_autocast(name):
     assert _rel(y.float(), want) < BF16_RTOL
     y.float().sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())
+
+
+@pytest.mark.parametrize("ragged", [False, True], ids=["equal", "ragged"])
+@pytest.mark.parametrize("name", ["lstm", "peephole", "gru", "rnn"])
+def test_bf16_per_step_products_from_32_rows(name, ragged):
+    """From BF16_STEP_ROWS rows the per-step products run in bfloat16 too (below, only the
+    products over all steps do); the same tolerance holds."""
+    rows = common.BF16_STEP_ROWS
+    T2 = 4
+    lengths = torch.randint(1, T2 + 1, (rows,), generator=torch.Generator().manual_seed(3))
+    lengths[0] = T2
+    order = common.Order(T2, rows, lengths if ragged else None)
+    assert order.packed(torch.float32, bf16=True) == BF16
+    assert common.Order(T2, rows - 1, None).packed(torch.float32, bf16=True) != BF16
+    torch.manual_seed(0)
+    ref = carousel.make_layer(name, IN, H, backend="reference")
+    fused = carousel.make_layer(name, IN, H, backend="fused")
+    fused.load_state_dict(ref.state_dict())
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(T2, rows, IN, generator=g).requires_grad_()
+    weights = [torch.randn(T2, rows, H, generator=g), torch.randn(1, rows, H, generator=g)]
+    lens = lengths if ragged else None
+    expected = _run(ref, x, lens, None, weights, autocast=False)
+    got = _run(fused, x, lens, None, weights, autocast=True)
+    for a, b in zip(got, expected):
+        assert _rel(a, b) < BF16_RTOL
+    assert _rel(got[0], _run(fused, x, lens, None, weights, autocast=False)[0]) > 1e-4

@@ -20,6 +20,12 @@ from torch import Tensor
 
 from carousel.kernels._mkl import BF16, PACKED, PLAIN, TR, N, mm_bf16
 
+#: bfloat16 per-step products from this many rows up; below, the per-step products stay
+#: float32 (MKL's bfloat16 GEMM re-packs the weights at every call, which a few rows do not
+#: repay: measured at H 256/512, B = 1 and 16 slower or even, B = 32 and 64 faster) while the
+#: products over all steps still run in bfloat16.
+BF16_STEP_ROWS = 32
+
 
 @functools.lru_cache(maxsize=64)
 def _identity(T: int, B: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -68,9 +74,10 @@ class Order:
 
     def packed(self, dtype: torch.dtype, bf16: bool = False) -> int:
         """How the kernels run the per-step product (:func:`carousel.kernels._mkl.step_gemm`):
-        BF16 when asked; PACKED, MKL's packed weights, for float32 with every step over all B
-        rows (a packed matrix serves one product shape); else PLAIN."""
-        if bf16:
+        BF16 when asked for and the batch has at least :data:`BF16_STEP_ROWS` rows; PACKED,
+        MKL's packed weights, for float32 with every step over all B rows (a packed matrix
+        serves one product shape); else PLAIN."""
+        if bf16 and int(self.nlive[0]) >= BF16_STEP_ROWS:
             return BF16
         return PACKED if self.identity and dtype == torch.float32 else PLAIN
 
