@@ -219,21 +219,10 @@ def evaluate_digits(
     smooth: float = 0.0,
 ) -> float:
     """Accuracy (a fraction) of the classifier on isolated digit samples."""
-    if not samples:
-        raise ValueError("expected at least one sample to evaluate on")
-    options = {"resampling": resampling, "smooth": smooth}
-    features = [sample_features(s.strokes, step, **options) for s in samples]
-    labels = [DIGITS.index(s.label) for s in samples]
-    right = 0
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for batch in length_batches([len(f) for f in features], 256):
-            x, lengths = pad_batch([features[i] for i in batch])
-            predicted = model(x, lengths).argmax(1).tolist()
-            right += sum(p == labels[i] for p, i in zip(predicted, batch))
-    model.train(was_training)
-    return right / len(samples)
+    matrices = confusion_by_organisation(
+        model, samples, step, resampling=resampling, smooth=smooth
+    ).values()
+    return sum(int(np.trace(m)) for m in matrices) / len(samples)
 
 
 def confusion_by_organisation(
