@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from carousel.data.unipen import Sample
+from carousel.data.unipen import Sample, line_features
 from carousel.handwriting import (
     DigitClassifier,
     HandwritingConfig,
@@ -35,7 +35,7 @@ from carousel.handwriting import (
     train_digit_classifier,
     train_string_recogniser,
 )
-from carousel.handwriting.train import _targets, pad_batch, string_features
+from carousel.handwriting.train import _targets, pad_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -183,7 +183,7 @@ def test_tiny_ctc_reader_overfits_a_few_strings(tmp_path):
         RecogniserShape(kind="string", num_layers=1, hidden_size=24, dropout=0.0)
     )
     step = 0.1  # coarse resampling: short sequences, a fast test
-    features = [string_features(s, step) for s, _ in strings]
+    features = [line_features(s, step) for s, _ in strings]
     x, lengths = pad_batch(features)
     flat, target_lengths = _targets([label for _, label in strings])
     optimiser = torch.optim.Adam(model.parameters(), lr=0.02)

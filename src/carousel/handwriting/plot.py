@@ -40,14 +40,14 @@ def draw_probabilities(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from carousel.data.unipen import resample, resample_arc, smooth_strokes
+    from carousel.data.unipen import line_features, resample, resample_arc, smooth_strokes
     from carousel.handwriting.decode import greedy_decode
-    from carousel.handwriting.train import pad_batch, string_features
+    from carousel.handwriting.train import pad_batch
 
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"expected a .png path; got {path}")
-    features = string_features(strokes, step, resampling=resampling, smooth=smooth)
+    features = line_features(strokes, step, resampling=resampling, smooth=smooth)
     x, lengths = pad_batch([features])
     model.eval()
     with torch.no_grad():

@@ -331,19 +331,6 @@ def compose_strings(
     return [compose_string(samples, rng, low, cfg.max_digits) for _ in range(count)]
 
 
-def string_features(
-    strokes: Sequence[np.ndarray],
-    step: float = 0.04,
-    *,
-    resampling: str = "drop",
-    smooth: float = 0.0,
-) -> np.ndarray:
-    """Per-point features of a line of writing whose strokes are already at unit height
-    (as :func:`~carousel.data.unipen.compose_string` makes): resampled, not re-normalised
-    horizontally."""
-    return line_features(strokes, step, resampling=resampling, smooth=smooth)
-
-
 def _targets(labels: Sequence[str]) -> tuple[Tensor, Tensor]:
     flat = torch.tensor([DIGITS.index(c) + 1 for label in labels for c in label])
     return flat, torch.tensor([len(label) for label in labels])
@@ -383,7 +370,7 @@ def evaluate_strings(
     if not strings:
         raise ValueError("expected at least one string to evaluate on")
     options = {"resampling": resampling, "smooth": smooth}
-    features = [string_features(s, step, **options) for s, _ in strings]
+    features = [line_features(s, step, **options) for s, _ in strings]
     hypotheses = transcribe(model, features, beam_width)
     references = [label for _, label in strings]
     return {
@@ -424,7 +411,7 @@ def train_string_recogniser(
         strings = compose_strings(
             source, cfg.train_strings, cfg.seed * 1000 + epoch, cfg, cfg.train_min_digits
         )
-        features = [string_features(s, cfg.step, **options) for s, _ in strings]
+        features = [line_features(s, cfg.step, **options) for s, _ in strings]
         for batch in length_batches([len(f) for f in features], cfg.batch_size, rng):
             x, lengths = pad_batch([features[i] for i in batch])
             yield x, lengths, _targets([strings[i][1] for i in batch])
@@ -480,6 +467,6 @@ def recognise(
         with torch.no_grad():
             return DIGITS[int(model(x, lengths).argmax(1))]
     if isinstance(model, StringRecogniser):
-        features = string_features(normalise(strokes), step, **options)
+        features = line_features(normalise(strokes), step, **options)
         return transcribe(model, [features], beam_width)[0]
     raise ValueError(f"expected a DigitClassifier or StringRecogniser; got {type(model).__name__}")
