@@ -6,14 +6,24 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PIP    := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: install test lint demo bench clean
+.PHONY: install native test lint demo bench clean
 
-install: $(STAMP)
+NATIVE := src/carousel/kernels/_native_avx2.so
+
+install: $(STAMP) $(NATIVE)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+# the native LSTM kernels: C++ compiled by g++ in seconds; where that fails, one line says so
+# and the numba kernels serve
+$(NATIVE): src/carousel/kernels/native.cpp $(STAMP)
+	$(BIN)/python -m carousel.kernels.build --optional
+
+native: $(STAMP)
+	$(BIN)/python -m carousel.kernels.build
 
 lint: install
 	$(BIN)/ruff check src tests bench
@@ -36,4 +46,4 @@ bench: install
 	$(BIN)/python bench/lm.py
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache src/carousel/kernels/_native_*.so

@@ -27,6 +27,7 @@ machine and its load average replace the ``## Cells`` section of FILE.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import shlex
@@ -58,17 +59,77 @@ def run(layer: torch.nn.Module, x: torch.Tensor, mode: str, bf16: bool = False) 
 
 def time_alternating(layers, x: torch.Tensor, mode: str, repeats: int, stat) -> list[float]:
     """``stat`` (median or min) of each layer's ms, after two warm-up runs, in alternation;
-    ``layers`` are (layer, under bf16 autocast) pairs."""
-    for _ in range(2):
-        for layer, bf16 in layers:
-            run(layer, x, mode, bf16)
+    ``layers`` are (layer, under bf16 autocast) pairs.  A contender that raises (torch's
+    oneDNN bfloat16 LSTM on a CPU without AVX-512) is NaN: "unavailable on this CPU"."""
+    live = []
+    for layer, bf16 in layers:
+        try:
+            for _ in range(2):
+                run(layer, x, mode, bf16)
+            live.append(True)
+        except RuntimeError:
+            live.append(False)
     times: list[list[float]] = [[] for _ in layers]
     for _ in range(repeats):
-        for (layer, bf16), ts in zip(layers, times):
+        for (layer, bf16), ts, ok in zip(layers, times, live):
+            if not ok:
+                continue
             start = time.perf_counter()
             run(layer, x, mode, bf16)
             ts.append((time.perf_counter() - start) * 1e3)
-    return [stat(ts) for ts in times]
+    return [stat(ts) if ts else float("nan") for ts in times]
+
+
+def ms_text(ms: float) -> str:
+    return "unavailable on this CPU" if math.isnan(ms) else f"{ms:.2f}"
+
+
+def ratio_text(a: float, b: float) -> str:
+    return "–" if math.isnan(a) or math.isnan(b) else f"{a / b:.2f}"
+
+
+def profile(name: str, H: int, B: int, T: int, repeats: int) -> str:
+    """Where a native training step's time goes, at one point: Python-side parts (input
+    product, packing, the two kernel calls, the weight-gradient products of (B10), the rest)
+    and, inside the kernels, each phase's share of thread 0's ticks."""
+    from carousel.kernels import native
+
+    if not native.available():
+        return f"(no profile: {native_note()})"
+    layer = carousel.make_layer(name, H, H, backend="native")
+    x = torch.randn(T, B, H)
+    run(layer, x, "train")
+    totals = []
+    native.PROFILE = torch.zeros(max(1, torch.get_num_threads()), 8, dtype=torch.int64)
+    native.TIMES.clear()
+    try:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run(layer, x, "train")
+            totals.append(time.perf_counter() - start)
+        ticks = native.PROFILE.clone()
+        parts = {k: v / repeats * 1e3 for k, v in native.TIMES.items()}
+    finally:
+        native.PROFILE = None
+    total = sum(totals) / repeats * 1e3
+    rest = total - sum(parts.values())
+    fwd, bwd = ticks[0, :3].sum().item(), ticks[0, 3:6].sum().item()
+    lines = [
+        f"profile {name} H {H} B {B} T {T}, training step, mean of {repeats}: {total:.2f} ms",
+        "| part | ms | share |",
+        "|---|---|---|",
+    ]
+    for part, ms in (*parts.items(), ("rest (autograd, Python, allocation)", rest)):
+        lines.append(f"| {part} | {ms:.2f} | {ms / total:.0%} |")
+        if part in ("forward kernel", "backward kernel"):
+            sub = range(3) if part == "forward kernel" else range(3, 6)
+            whole = fwd if part == "forward kernel" else bwd
+            for q in sub:
+                share = ticks[0, q].item() / whole if whole else 0.0
+                lines.append(
+                    f"| — {native.PHASES[q]} | {ms * share:.2f} | {ms * share / total:.0%} |"
+                )
+    return "\n".join(lines)
 
 
 def gflops(cell: str, T: int, B: int, H: int, mode: str, ms: float) -> float:
@@ -77,16 +138,64 @@ def gflops(cell: str, T: int, B: int, H: int, mode: str, ms: float) -> float:
     return flop * (3 if mode == "train" else 1) / (ms * 1e6)
 
 
-def machine() -> str:
+VECTOR_FLAGS = (
+    "sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+    "avx512_bf16", "amx_tile", "amx_bf16",
+)  # fmt: skip
+
+
+def cpu_model() -> str:
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next(
+        return next(
             (ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if "Model name" in ln),
-            platform.processor(),
+            platform.processor() or platform.machine(),
         )
     except OSError:
-        model = platform.processor() or platform.machine()
-    return f"{model}, {os.cpu_count()} cores"
+        return platform.processor() or platform.machine()
+
+
+def vector_features() -> str:
+    """The SIMD features of /proc/cpuinfo that matter to the kernels, in a fixed order."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
+    except OSError:
+        return "unknown"
+    have = [name for name in VECTOR_FLAGS if name in flags]
+    return " ".join(have) if have else "none of " + " ".join(VECTOR_FLAGS)
+
+
+def machine() -> str:
+    return f"{cpu_model()} ({vector_features()}), {os.cpu_count()} cores"
+
+
+def native_note() -> str:
+    from carousel.kernels import native
+
+    return f"native kernels: {native.isa() or 'not loaded (' + str(native.failure()) + ')'}"
+
+
+def gemm_peak(n: int = 2048, repeats: int = 3) -> tuple[float, str]:
+    """The machine's own best float32 product in this run: GFLOP/s of an n³ product through
+    torch (MKL) and through numpy (its OpenBLAS), best of ``repeats``; returns the higher and
+    a note with both."""
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    an, bn = a.numpy(), b.numpy()
+    out = {}
+    for name, fn in (("torch", lambda: a.mm(b)), ("numpy", lambda: an @ bn)):
+        fn()
+        best = min(_seconds(fn) for _ in range(repeats))
+        out[name] = 2 * n**3 / best / 1e9
+    note = ", ".join(f"{k} {v:.0f}" for k, v in out.items())
+    return max(out.values()), f"float32 GEMM peak {n}³: {note} GFLOP/s"
+
+
+def _seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def load() -> str:
@@ -148,6 +257,18 @@ def main() -> None:
     parser.add_argument(
         "--append", action="store_true", help="add to the ## Cells section instead of replacing"
     )
+    parser.add_argument(
+        "--no-numba",
+        action="store_true",
+        help="skip the numba kernels' column (timed where the native kernel serves a cell)",
+    )
+    parser.add_argument(
+        "--profile",
+        nargs="*",
+        default=["128x1", "512x64"],
+        metavar="HxB",
+        help="points of the native kernel's per-step profile (none: skip)",
+    )
     args = parser.parse_args()
     for name in args.cells:
         if name not in carousel.CELLS:
@@ -156,16 +277,22 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     load_before = load()
+    peak, peak_note = gemm_peak()
     head = (
         f"machine: {machine()}; torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"numba {numba.__version__}; T = {args.steps}, "
+        f"numba {numba.__version__}; {native_note()}; {peak_note}; T = {args.steps}, "
         f"{'bfloat16 autocast' if args.bf16 else 'float32'}, one layer, one direction, "
         f"input = hidden; backend {args.backend}; {args.stat} of {args.repeats} alternating runs"
     )
     header = (
-        "| cell | mode | H | B | carousel ms | anchor | anchor ms | anchor/carousel | GFLOP/s |"
+        "| cell | mode | H | B | carousel ms | anchor | anchor ms | anchor/carousel | GFLOP/s "
+        "| of peak |"
     )
-    rule = "|---|---|---|---|---|---|---|---|---|"
+    rule = "|---|---|---|---|---|---|---|---|---|---|"
+    numba_col = not args.no_numba and args.backend == "auto" and not args.bf16
+    if numba_col:
+        header += " backend | numba ms | numba/carousel |"
+        rule += "---|---|---|"
     if args.loop:
         header += " loop ms | loop/carousel |"
         rule += "---|---|"
@@ -200,20 +327,39 @@ def main() -> None:
                         layers.append((loop, args.bf16))
                     if args.bf16 and name in TORCH_ANCHORS:
                         layers.append((TORCH_ANCHORS[name](H, H), True))
+                    served = carousel.backends.select_backend(args.backend, ours.cell, x).name
+                    numba_here = numba_col and served == "native"
+                    if numba_here:
+                        fused = carousel.make_layer(name, H, H, backend="fused")
+                        fused.load_state_dict(ours.state_dict())
+                        layers.append((fused, False))
                     stat = statistics.median if args.stat == "median" else min
                     ms = time_alternating(layers, x, mode, args.repeats, stat)
+                    rate = gflops(name, args.steps, B, H, mode, ms[0])
                     row = (
                         f"| {name} | {mode} | {H} | {B} | {ms[0]:.2f} | {anchor_name} | "
-                        f"{ms[1]:.2f} | {ms[1] / ms[0]:.2f} | "
-                        f"{gflops(name, args.steps, B, H, mode, ms[0]):.1f} |"
+                        f"{ms_text(ms[1])} | {ratio_text(ms[1], ms[0])} | {rate:.1f} | "
+                        f"{rate / peak:.0%} |"
                     )
+                    if numba_col:
+                        numba_ms = ms[-1] if numba_here else float("nan")
+                        row += f" {served} | {ms_text(numba_ms) if numba_here else '–'} | "
+                        row += f"{ratio_text(numba_ms, ms[0])} |"
                     if args.loop:
                         row += f" {ms[2]:.2f} | {ms[2] / ms[0]:.2f} |"
                     if args.bf16:
                         tb = ms[-1] if name in TORCH_ANCHORS else float("nan")
-                        row += f" {tb:.2f} | {tb / ms[0]:.2f} |"
+                        row += f" {ms_text(tb)} | {ratio_text(tb, ms[0])} |"
                     print(row, flush=True)
                     rows.append(row)
+
+    profiles = []
+    lstm_cells = [n for n in args.cells if carousel.CELLS[n].family == "lstm"]
+    if lstm_cells and not args.bf16:
+        for point in args.profile:
+            H, B = (int(v) for v in point.lower().split("x"))
+            profiles.append(profile(lstm_cells[0], H, B, args.steps, max(3, args.repeats // 2)))
+            print(profiles[-1], flush=True)
 
     if args.output:
         command = "python bench/cells.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -223,7 +369,7 @@ def main() -> None:
             f"{head}.  Load average (1, 5, 15 min) before: {load_before}; after: {load()} "
             "(the machine is shared; both sides of a ratio ran in the same process, "
             "alternating, so the ratios hold better than the absolute times).\n\n"
-            f"{header}\n{rule}\n" + "\n".join(rows) + "\n"
+            f"{header}\n{rule}\n" + "\n".join(rows) + "\n" + "".join(f"\n{p}\n" for p in profiles)
         )
         write_section(args.output, text, args.append)
         print(f"wrote the {SECTION!r} section of {args.output}")

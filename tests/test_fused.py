@@ -120,7 +120,7 @@ def test_gradcheck_fused(name):
 
 
 def test_auto_picks_fused_on_cpu_float():
-    cell = carousel.CELLS["lstm"]
+    cell = carousel.CELLS["gru"]  # the LSTM family goes to "native" where it is built
     for dtype in (torch.float32, torch.float64):
         assert select_backend("auto", cell, torch.zeros(1, dtype=dtype)).name == "fused"
     assert select_backend("auto", cell, torch.zeros(1, dtype=torch.bfloat16)).name == "reference"

@@ -167,4 +167,15 @@ def _register_fused() -> None:
     )
 
 
+def _register_native() -> None:
+    """The native LSTM-family kernel (:mod:`carousel.kernels.native`), registered after
+    ``"fused"`` so that ``"auto"`` prefers it wherever it supports the layer."""
+    from carousel.kernels import native
+
+    register_backend(
+        Backend("native", native.native_sequence, native.supports, unavailable=native.failure)
+    )
+
+
 _register_fused()
+_register_native()

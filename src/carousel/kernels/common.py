@@ -18,8 +18,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from carousel.kernels._mkl import BF16, PACKED, PLAIN, TR, N, mm_bf16
-
 #: bfloat16 per-step products from this many rows up; below, the per-step products stay
 #: float32 (MKL's bfloat16 GEMM re-packs the weights at every call, which a few rows do not
 #: repay: measured at H 256/512, B = 1 and 16 slower or even, B = 32 and 64 faster) while the
@@ -77,6 +75,8 @@ class Order:
         BF16 when asked for and the batch has at least :data:`BF16_STEP_ROWS` rows; PACKED,
         MKL's packed weights, for float32 with every step over all B rows (a packed matrix
         serves one product shape); else PLAIN."""
+        from carousel.kernels._mkl import BF16, PACKED, PLAIN
+
         if bf16 and int(self.nlive[0]) >= BF16_STEP_ROWS:
             return BF16
         return PACKED if self.identity and dtype == torch.float32 else PLAIN
@@ -119,6 +119,8 @@ def no_autocast(fn: Callable) -> Callable:
 
 def _bf16_operand(t: Tensor) -> tuple[int, np.ndarray, int]:
     """(trans, bfloat16 bits, leading dimension) of a 2-D operand, transposed views free."""
+    from carousel.kernels._mkl import TR, N
+
     if not t.is_contiguous() and t.t().is_contiguous():
         return TR, _bits(t.t()), t.size(0)
     return N, _bits(t.contiguous()), t.size(1)
@@ -136,6 +138,8 @@ def matmul(a: Tensor, b: Tensor, bf16: bool, out: Tensor | None = None) -> Tenso
     """
     if not bf16:
         return a.mm(b) if out is None else out.addmm_(a, b)
+    from carousel.kernels._mkl import mm_bf16
+
     (m, k), n = a.shape, b.size(1)
     ta, A, lda = _bf16_operand(a)
     tb, B, ldb = _bf16_operand(b)

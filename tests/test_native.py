@@ -1,0 +1,231 @@
+"""The native LSTM-family kernel (``backend="native"``) against the reference twin.
+
+Every registered LSTM variant × {uni, bi} × {1, 2 layers} × {equal, ragged lengths}, in
+float64 (to 1e-10) and float32, at a tiny size (one partial block of units) and at sizes that
+cut the hidden units into several blocks shared between two threads, with row tails; gradcheck
+in float64 for every variant; the panel cache; and the fallback to the numba kernels when the
+library cannot load.  Tests of the kernel itself skip when it is not built (``make install``
+builds it); the fallback tests run either way.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import carousel
+from carousel.backends import BACKENDS, LayerWeights, select_backend
+from carousel.kernels import native
+
+built = pytest.mark.skipif(
+    not native.library_path("avx2").exists(),
+    reason="the native kernels are not built (make install builds them)",
+)
+TOL = {torch.float64: {"rtol": 1e-10, "atol": 1e-12}, torch.float32: {"rtol": 2e-5, "atol": 5e-6}}
+T, IN = 5, 3
+
+
+def _run(layer, x, hx, lengths, weights):
+    """Outputs, final states and the gradients of a loss that touches all of them."""
+    y, (h, c) = layer(x, hx, lengths=lengths)
+    loss = (y * weights[0]).sum() + (h * weights[1]).sum() + (c * weights[2]).sum()
+    grads = torch.autograd.grad(loss, [x, *hx, *layer.parameters()])
+    return (y, h, c, *grads)
+
+
+def _check(name, dtype, bidirectional, num_layers, ragged, H=4, B=4):
+    torch.manual_seed(1)
+    kw = {"num_layers": num_layers, "bidirectional": bidirectional, "dtype": dtype}
+    ref = carousel.make_layer(name, IN, H, backend="reference", **kw)
+    nat = carousel.make_layer(name, IN, H, backend="native", **kw)
+    nat.load_state_dict(ref.state_dict())
+    D = 2 if bidirectional else 1
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(T, B, IN, dtype=dtype, generator=g).requires_grad_()
+    lengths = torch.tensor([T, 2, T - 1, 1, 3, T, 2][:B]) if ragged else None
+    hx = tuple(
+        torch.randn(num_layers * D, B, H, dtype=dtype, generator=g).requires_grad_()
+        for _ in range(2)
+    )
+    weights = [torch.randn(T, B, D * H, dtype=dtype, generator=g)] + [
+        torch.randn(num_layers * D, B, H, dtype=dtype, generator=g) for _ in range(2)
+    ]
+    expected = _run(ref, x, hx, lengths, weights)
+    got = _run(nat, x, hx, lengths, weights)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, **TOL[dtype])
+
+
+@built
+@pytest.mark.parametrize("ragged", [False, True], ids=["equal", "ragged"])
+@pytest.mark.parametrize("num_layers", [1, 2], ids=["L1", "L2"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("name", carousel.LSTM_VARIANTS)
+def test_native_matches_reference_float64(name, bidirectional, num_layers, ragged):
+    _check(name, torch.float64, bidirectional, num_layers, ragged)
+
+
+@built
+@pytest.mark.parametrize(("H", "B"), [(20, 5), (40, 1), (40, 7)], ids=lambda v: str(v))
+@pytest.mark.parametrize("ragged", [False, True], ids=["equal", "ragged"])
+@pytest.mark.parametrize("name", carousel.LSTM_VARIANTS)
+def test_native_blocks_threads_and_row_tails(name, ragged, H, B):
+    """Several blocks of units (two threads' shares), one or an odd number of rows."""
+    _check(name, torch.float64, True, 1, ragged, H=H, B=B)
+
+
+@built
+@pytest.mark.parametrize("ragged", [False, True], ids=["equal", "ragged"])
+@pytest.mark.parametrize("name", carousel.LSTM_VARIANTS)
+def test_native_matches_reference_float32(name, ragged):
+    """float32 runs the vectorised exp/tanh (about 1 ulp) instead of libm."""
+    _check(name, torch.float32, True, 2, ragged, H=20, B=5)
+
+
+@built
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"bias": False},
+        {"input_activation": "sigmoid"},
+        {"output_gate": False, "output_activation": "identity"},
+        {"input_gate": False, "forget_gate": False},
+    ],
+    ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()),
+)
+def test_native_other_switches(kw):
+    name = "lstm1997" if "forget_gate" in kw else "peephole"
+    torch.manual_seed(1)
+    ref = carousel.make_layer(name, IN, 12, backend="reference", dtype=torch.float64, **kw)
+    nat = carousel.make_layer(name, IN, 12, backend="native", dtype=torch.float64, **kw)
+    nat.load_state_dict(ref.state_dict())
+    x = torch.randn(T, 3, IN, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([T, 2, 4])
+    for layer in (ref, nat):
+        y, (h, c) = layer(x, lengths=lengths)
+        layer.result = (
+            y,
+            h,
+            c,
+            *torch.autograd.grad(y.sin().sum() + c.sum(), [x, *layer.parameters()]),
+        )
+    for a, b in zip(nat.result, ref.result):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+
+
+@built
+@pytest.mark.parametrize("name", carousel.LSTM_VARIANTS)
+def test_gradcheck_native(name):
+    torch.manual_seed(3)
+    layer = carousel.make_layer(name, 2, 10, backend="native", dtype=torch.float64)
+    cell = layer.cell
+    x = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
+    states = tuple(torch.randn(3, 10, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    lengths = torch.tensor([4, 2, 3])
+    for reverse in (False, True):
+        w = layer.layer_weights(0)
+        params = (w.w_ih, w.w_hh, w.b_ih, w.b_hh, *w.peep.values())
+
+        def fn(x, *args, reverse=reverse, w=w):
+            state = args[:2]
+            w_ih, w_hh, b_ih, b_hh, *peep = args[2:]
+            lw = LayerWeights(w_ih, w_hh, b_ih, b_hh, dict(zip(w.peep, peep)))
+            out, final = BACKENDS["native"].run(cell, x, state, lw, lengths, reverse)
+            return (out, *final)
+
+        inputs = (x, *states, *(p.detach().clone().requires_grad_() for p in params))
+        assert torch.autograd.gradcheck(fn, inputs)
+
+
+@built
+def test_auto_picks_native_for_lstm_only():
+    x = torch.zeros(1)
+    assert select_backend("auto", carousel.CELLS["lstm"], x).name == "native"
+    assert select_backend("auto", carousel.CELLS["gru"], x).name == "fused"
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bfloat16 products stay numba's
+        assert select_backend("auto", carousel.CELLS["lstm"], x).name == "fused"
+    assert select_backend("auto", carousel.CELLS["lstm"], x.bfloat16()).name == "reference"
+
+
+@built
+def test_panels_follow_the_weight():
+    """Panels are packed per call, and inside frozen_weights cached per weight object and
+    redone when it changes in place."""
+    torch.manual_seed(0)
+    layer = carousel.LSTM(6, 10, backend="native")
+    ref = carousel.LSTM(6, 10, backend="reference")
+    ref.load_state_dict(layer.state_dict())
+    x = torch.randn(4, 2, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x)[0], ref(x)[0])
+        for lay in (layer, ref):
+            lay.weight_hh_l0.data.mul_(-1.5)  # .data: no version bump
+        torch.testing.assert_close(layer(x)[0], ref(x)[0])
+        with native.frozen_weights():
+            torch.testing.assert_close(layer(x)[0], ref(x)[0])
+            assert len(native._PANELS) == 1
+            first = next(iter(native._PANELS.values()))[5]
+            torch.testing.assert_close(layer(x)[0], ref(x)[0])
+            assert next(iter(native._PANELS.values()))[5] is first  # reused
+            for lay in (layer, ref):
+                lay.weight_hh_l0.mul_(0.5)  # in place: the version moves
+            torch.testing.assert_close(layer(x)[0], ref(x)[0])
+        assert not native._PANELS
+
+
+@built
+def test_backward_twice_gives_the_same_gradients():
+    layer = carousel.LSTM(3, 12, variant="peephole", bidirectional=True, backend="native")
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    y, (_, c) = layer(x, lengths=[5, 3])
+    loss = y.square().sum() + c.sum()
+    first = torch.autograd.grad(loss, [x, *layer.parameters()], retain_graph=True)
+    second = torch.autograd.grad(loss, [x, *layer.parameters()])
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_fallback_warns_once_and_the_numba_kernels_serve(monkeypatch):
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_isa", None)
+    monkeypatch.setattr(native, "_loaded", False)
+    monkeypatch.setattr(native, "_failure", None)
+    monkeypatch.setattr(native, "DISABLED", True)
+    layer = carousel.LSTM(3, 4, variant="peephole")
+    x = torch.randn(5, 2, 3)
+    with pytest.warns(RuntimeWarning, match="numba kernels serve instead") as record:
+        y, _ = layer(x)
+        layer(x)
+    assert len(record) == 1
+    assert native.failure() is not None
+    assert select_backend("auto", layer.cell, x).name == "fused"
+    with pytest.raises(ValueError, match="DISABLED is set"):
+        select_backend("native", layer.cell, x)
+    ref = carousel.LSTM(3, 4, variant="peephole", backend="reference")
+    ref.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(y, ref(x)[0])
+
+
+def test_missing_library_is_one_warning(monkeypatch, tmp_path):
+    """A machine where ``make install`` could not compile: the message names the fix."""
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_isa", None)
+    monkeypatch.setattr(native, "_loaded", False)
+    monkeypatch.setattr(native, "_failure", None)
+    monkeypatch.setattr(native, "HERE", tmp_path)
+    with pytest.warns(RuntimeWarning, match="make install"):
+        assert not native.available()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not native.available()  # once
+
+
+def test_build_without_a_compiler_says_so(monkeypatch, capsys):
+    from carousel.kernels import build
+
+    monkeypatch.setenv("CXX", "/nonexistent/g++")
+    assert build.main(["--optional"]) == 0
+    assert "numba kernels will serve" in capsys.readouterr().out
+    assert build.main([]) == 1
