@@ -111,13 +111,22 @@ def main() -> None:
         cfg = LMConfig(**fields)
         models = [build(vocab, cfg, torch_nn) for _, torch_nn, _, _ in contenders]
         times: list[list[tuple[float, float, float]]] = [[] for _ in contenders]
+        dead: dict[int, str] = {}  # a contender that crashes on this CPU, and why
         for _ in range(args.repeats):
             for k, (model, (_, _, fused, bf16)) in enumerate(zip(models, contenders)):
-                times[k].append(step_time(model, vocab, cfg, args.steps, fused, bf16))
+                if k in dead:
+                    continue
+                try:
+                    times[k].append(step_time(model, vocab, cfg, args.steps, fused, bf16))
+                except RuntimeError as err:  # torch's oneDNN bf16 LSTM without AVX-512
+                    dead[k] = str(err).strip().splitlines()[0][:120]
         tokens = cfg.batch_size * cfg.bptt
         anchor = statistics.median(t[0] for t in times[0])
         print(f"{name}:")
-        for (label, *_), ts in zip(contenders, times):
+        for k, ((label, *_), ts) in enumerate(zip(contenders, times)):
+            if k in dead:
+                print(f"  {label}: unavailable on this CPU ({dead[k]})", flush=True)
+                continue
             total = statistics.median(t[0] for t in ts)
             rnn = statistics.median(t[1] / t[0] for t in ts)
             head = statistics.median(t[2] / t[0] for t in ts)

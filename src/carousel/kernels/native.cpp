@@ -42,9 +42,14 @@
 // Built twice by kernels/native.py: -mavx2 -mfma -DVB=32 and -mavx512f … -DVB=64; the
 // caller loads the widest one the CPU supports (carousel_cpu_avx512 tells).
 
-#include <sched.h>
 #include <immintrin.h>
+#include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <climits>
 
 #include <atomic>
 #include <cmath>
@@ -162,28 +167,65 @@ static inline vd vtanh(vd x) {
 
 // ---- persistent threads and one barrier per step ------------------------------------------
 
-struct alignas(64) Barrier {
-    std::atomic<int> count{0};
-    char pad[60];
-    std::atomic<int> sense{0};
+static inline i64 ticks() { return (i64)__rdtsc(); }
+
+static void futex_wait(std::atomic<int>* addr, int value) {
+    syscall(SYS_futex, reinterpret_cast<int*>(addr), FUTEX_WAIT_PRIVATE, value, nullptr, nullptr, 0);
+}
+static void futex_wake(std::atomic<int>* addr) {
+    syscall(SYS_futex, reinterpret_cast<int*>(addr), FUTEX_WAKE_PRIVATE, INT32_MAX, nullptr, nullptr,
+            0);
+}
+
+// how long a thread spins for its partners before it sleeps (TSC ticks, ~15 µs): on a quiet
+// machine they arrive well within it and nobody enters the kernel; on a crowded one the
+// waiter gives its core away at once instead of spinning out its time slice
+static const i64 SPIN_TICKS = 50000;
+
+// one barrier per step: spin, then sleep on a futex; the last to arrive wakes sleepers only
+struct Barrier {
+    alignas(64) std::atomic<int> count{0};
+    alignas(64) std::atomic<int> phase{0};
+    std::atomic<int> sleepers{0};
     int n = 1;
-    void wait(int& local) {
+    void wait() {
         if (n == 1) return;
-        local ^= 1;
+        int ph = phase.load(std::memory_order_acquire);
         if (count.fetch_add(1, std::memory_order_acq_rel) == n - 1) {
             count.store(0, std::memory_order_relaxed);
-            sense.store(local, std::memory_order_release);
-        } else {
-            int spins = 0;
-            while (sense.load(std::memory_order_acquire) != local) {
-                if (++spins < 4000)
-                    _mm_pause();
-                else
-                    sched_yield();  // a shared machine: give the core back
+            phase.store(ph + 1, std::memory_order_seq_cst);
+            if (sleepers.load(std::memory_order_seq_cst)) futex_wake(&phase);
+            return;
+        }
+        i64 start = ticks();
+        while (phase.load(std::memory_order_acquire) == ph) {
+            if (ticks() - start > SPIN_TICKS) {
+                sleepers.fetch_add(1, std::memory_order_seq_cst);
+                while (phase.load(std::memory_order_seq_cst) == ph) futex_wait(&phase, ph);
+                sleepers.fetch_sub(1, std::memory_order_seq_cst);
+                return;
             }
+            _mm_pause();
         }
     }
 };
+
+// A crowded machine (more runnable threads than cores) makes a per-step barrier wait for a
+// descheduled partner's next time slice.  When a call's thread 0 spent most of it waiting,
+// the next SOLO_CALLS calls run on one thread, then two are tried again.
+static std::atomic<int> solo_calls{0};
+static const int SOLO_CALLS = 16;
+static int threads_for(i64 requested, i64 blocks) {
+    int P = (int)std::max<i64>(1, std::min<i64>(requested, blocks));
+    if (P > 1 && solo_calls.load(std::memory_order_relaxed) > 0) {
+        solo_calls.fetch_sub(1, std::memory_order_relaxed);
+        return 1;
+    }
+    return P;
+}
+static void judge(int P, i64 T, i64 sync, i64 total) {
+    if (P > 1 && T >= 8 && 2 * sync > total) solo_calls.store(SOLO_CALLS, std::memory_order_relaxed);
+}
 
 struct Pool {
     std::mutex m;
@@ -206,7 +248,7 @@ struct Pool {
                 f = p->job;
             }
             f(id);
-            p->remaining.fetch_sub(1, std::memory_order_acq_rel);
+            if (p->remaining.fetch_sub(1, std::memory_order_seq_cst) == 1) futex_wake(&p->remaining);
         }
     }
     void run(int n, const std::function<void(int)>& f) {
@@ -226,12 +268,12 @@ struct Pool {
         }
         cv.notify_all();
         f(0);
-        int spins = 0;
-        while (remaining.load(std::memory_order_acquire) > 0) {
-            if (++spins < 4000)
-                _mm_pause();
+        i64 start = ticks();
+        for (int left; (left = remaining.load(std::memory_order_seq_cst)) > 0;) {
+            if (ticks() - start > SPIN_TICKS)
+                futex_wait(&remaining, left);
             else
-                sched_yield();
+                _mm_pause();
         }
     }
 };
@@ -293,7 +335,6 @@ struct Args {
 // the phases a profiled call counts, per thread (bench/cells.py --profile prints them)
 enum { PROF_FWD_PRODUCT, PROF_FWD_CELL, PROF_FWD_SYNC, PROF_BWD_CELL, PROF_BWD_SYNC,
        PROF_BWD_PRODUCT, PROF_TOTAL = 7 };
-static inline i64 ticks() { return (i64)__rdtsc(); }
 
 static inline i64 pos_of(const Args& a, i64 b, i64 t) {
     return a.rev ? a.lengths[b] - 1 - t : t;
@@ -431,7 +472,7 @@ static void forward(const Args& a) {
     constexpr int W = Vec<T>::W;
     const i64 H = a.H, B = a.B, T_ = a.T;
     const i64 NB = (H + W - 1) / W;
-    int P = (int)std::max<i64>(1, std::min<i64>(a.threads, NB));
+    const int P = threads_for(a.threads, NB);
     T* hbuf = (T*)a.hbuf;
     std::memcpy(hbuf, a.h, sizeof(T) * B * H);
     Barrier bar;
@@ -439,10 +480,9 @@ static void forward(const Args& a) {
     pool()->run(P, [&](int p) {
         i64 lo, hi;
         share(NB, P, p, lo, hi);
-        int sense = 0;
         i64 mine[8] = {};
         i64* prof = mine;
-        i64 start = a.prof ? ticks() : 0;
+        i64 start = ticks(), waited = 0;
         for (i64 t = 0; t < T_; ++t) {
             const i64 n = a.nlive[t];
             const T* hcur = hbuf + (t & 1) * B * H;
@@ -458,12 +498,15 @@ static void forward(const Args& a) {
                     for (; j < n; ++j) fwd_tile<T, 1, 1, G>(a, t, j, blk, hcur, hnext, prof);
                 }
             }
-            i64 t0 = a.prof ? ticks() : 0;
-            bar.wait(sense);  // h_t complete before any thread reads it
-            if (a.prof) prof[PROF_FWD_SYNC] += ticks() - t0;
+            i64 t0 = ticks();
+            bar.wait();  // h_t complete before any thread reads it
+            waited += ticks() - t0;
         }
+        i64 total = ticks() - start;
+        if (p == 0) judge(P, T_, waited, total);
         if (a.prof) {
-            prof[PROF_TOTAL] = ticks() - start;
+            prof[PROF_FWD_SYNC] = waited;
+            prof[PROF_TOTAL] = total;
             for (int q = 0; q < 8; ++q) a.prof[p * 8 + q] += prof[q];
         }
     });
@@ -555,15 +598,14 @@ static void backward(const Args& a) {
     constexpr int W = Vec<T>::W;
     const i64 H = a.H, B = a.B, GH = a.G * H;
     const i64 NB = (H + W - 1) / W;
-    int P = (int)std::max<i64>(1, std::min<i64>(a.threads, NB));
+    const int P = threads_for(a.threads, NB);
     Barrier bar;
     bar.n = P;
     pool()->run(P, [&](int p) {
         i64 lo, hi;
         share(NB, P, p, lo, hi);
-        int sense = 0;
         i64 prof[8] = {};
-        i64 start = a.prof ? ticks() : 0;
+        i64 start = ticks(), waited = 0;
         for (i64 t = a.T - 1; t >= 0; --t) {
             const i64 n = a.nlive[t];
             i64 t0 = a.prof ? ticks() : 0;
@@ -572,9 +614,10 @@ static void backward(const Args& a) {
                     i64 base = blk * W;
                     bwd_cell<T>(a, t, j, base, (int)std::min<i64>(W, H - base));
                 }
-            i64 t1 = a.prof ? ticks() : 0;
-            bar.wait(sense);  // δA_t complete before any thread reads it
-            i64 t2 = a.prof ? ticks() : 0;
+            i64 t1 = ticks();
+            bar.wait();  // δA_t complete before any thread reads it
+            i64 t2 = ticks();
+            waited += t2 - t1;
             auto row = [&](i64 j) {
                 i64 b = a.perm[j];
                 return (const T*)a.dA + (pos_of(a, b, t) * B + b) * GH;
@@ -610,8 +653,10 @@ static void backward(const Args& a) {
                 prof[PROF_BWD_PRODUCT] += ticks() - t2;
             }
         }
+        i64 total = ticks() - start;
+        if (p == 0) judge(P, a.T, waited, total);
         if (a.prof) {
-            prof[PROF_TOTAL] = ticks() - start;
+            prof[PROF_TOTAL] = total;
             for (int q = 0; q < 8; ++q) a.prof[p * 8 + q] += prof[q];
         }
     });

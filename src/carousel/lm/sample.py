@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 
 from carousel.data.corpora import Vocab
+from carousel.kernels.native import frozen_weights
 from carousel.lm.model import RNNLM
 
 
@@ -52,18 +53,19 @@ def generate(
     logits, state = _prime(model, vocab, prime)
     device = logits.device
     out = []
-    for _ in range(length):
-        scores = logits.float().cpu() / temperature
-        if top_k is not None and top_k < scores.numel():
-            kth = torch.topk(scores, top_k).values[-1]
-            scores = scores.masked_fill(scores < kth, float("-inf"))
-        nxt = int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=gen))
-        text = vocab.decode([nxt])
-        out.append(text)
-        if emit is not None:
-            emit(text)
-        logits, state = model(torch.tensor([[nxt]], device=device), state)
-        logits = logits[-1, 0]
+    with frozen_weights():  # the native kernel packs W_hh once, not once per token
+        for _ in range(length):
+            scores = logits.float().cpu() / temperature
+            if top_k is not None and top_k < scores.numel():
+                kth = torch.topk(scores, top_k).values[-1]
+                scores = scores.masked_fill(scores < kth, float("-inf"))
+            nxt = int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=gen))
+            text = vocab.decode([nxt])
+            out.append(text)
+            if emit is not None:
+                emit(text)
+            logits, state = model(torch.tensor([[nxt]], device=device), state)
+            logits = logits[-1, 0]
     return "".join(out)
 
 
