@@ -229,3 +229,20 @@ def test_build_without_a_compiler_says_so(monkeypatch, capsys):
     assert build.main(["--optional"]) == 0
     assert "numba kernels will serve" in capsys.readouterr().out
     assert build.main([]) == 1
+
+
+@built
+@pytest.mark.parametrize("name", carousel.LSTM_VARIANTS)
+def test_native_inference_matches_reference(name):
+    """Under no_grad the kernel runs without an autograd node and stores no activations."""
+    torch.manual_seed(1)
+    kw = {"num_layers": 2, "bidirectional": True, "dtype": torch.float64}
+    ref = carousel.make_layer(name, IN, 12, backend="reference", **kw)
+    nat = carousel.make_layer(name, IN, 12, backend="native", **kw)
+    nat.load_state_dict(ref.state_dict())
+    x = torch.randn(T, 3, IN, dtype=torch.float64)
+    with torch.no_grad():
+        for lengths in (None, torch.tensor([T, 2, 4])):
+            (y1, s1), (y2, s2) = nat(x, lengths=lengths), ref(x, lengths=lengths)
+            torch.testing.assert_close(y1, y2, **TOL[torch.float64])
+            torch.testing.assert_close(s1, s2, **TOL[torch.float64])

@@ -346,6 +346,41 @@ def _args(flags, order: Order, T: int, B: int, H: int, reverse: bool, store: boo
     return a
 
 
+def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, p_i, p_f, p_o, flags, lengths, reverse, store):
+    """(F1)–(F7) over the sequence: out (T, B, H), h_n, c_n, and for the backward pass (with
+    ``store``) the saved tensors; the body of :class:`NativeLSTMFunction`'s forward, called
+    directly where no gradient is wanted (no autograd node: a sampler's one-token calls)."""
+    T, B, _ = x.shape
+    GH, H = w_hh.shape
+    G = flags[-1]
+    dtype = x.dtype
+    order = Order(T, B, lengths)
+    bias = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
+    with _clock("input product"):
+        gx = input_products(x.reshape(T * B, -1), w_ih, bias, False).view(T, B, GH)  # (F1)
+    peep = torch.zeros(3, H, dtype=dtype)
+    for row, p in enumerate((p_i, p_f, p_o)):
+        if p is not None:
+            peep[row] = p.detach()
+    h = order.sort(h0)
+    c = order.sort(c0)
+    out = order.buffer(T, B, H, dtype=dtype)
+    cs = torch.empty(T, B, H, dtype=dtype) if store else None
+    hbuf = torch.empty(2, B, H, dtype=dtype)
+    with _clock("pack"):
+        wf, wb = panels(w_hh, G)
+    a = _args(flags, order, T, B, H, reverse, store)
+    a.wf, a.wb, a.peep = wf.data_ptr(), wb.data_ptr(), peep.data_ptr()
+    a.gx, a.h, a.c, a.out, a.cs, a.hbuf = (
+        gx.data_ptr(), h.data_ptr(), c.data_ptr(), out.data_ptr(), _p(cs), hbuf.data_ptr()
+    )  # fmt: skip
+    with _clock("forward kernel"):
+        fail = getattr(_lib, f"carousel_lstm_forward_{_suffix(dtype)}")(ctypes.byref(a))
+    if fail:
+        raise ValueError(f"the native kernel takes 1 to 4 gate blocks; got {G}")
+    return out, order.unsort(h), order.unsort(c), (order, gx, cs, peep, wf, wb)
+
+
 class NativeLSTMFunction(torch.autograd.Function):
     """One direction of one LSTM-family layer over a whole sequence, in ``native.cpp``."""
 
@@ -354,35 +389,9 @@ class NativeLSTMFunction(torch.autograd.Function):
     def forward(
         ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, p_i, p_f, p_o, flags, lengths, reverse, store
     ):
-        T, B, _ = x.shape
-        GH, H = w_hh.shape
-        G = flags[-1]
-        dtype = x.dtype
-        order = Order(T, B, lengths)
-        bias = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
-        with _clock("input product"):
-            gx = input_products(x.reshape(T * B, -1), w_ih, bias, False).view(T, B, GH)  # (F1)
-        peep = torch.zeros(3, H, dtype=dtype)
-        for row, p in enumerate((p_i, p_f, p_o)):
-            if p is not None:
-                peep[row] = p.detach()
-        h = order.sort(h0)
-        c = order.sort(c0)
-        out = order.buffer(T, B, H, dtype=dtype)
-        cs = torch.empty(T, B, H, dtype=dtype) if store else None
-        hbuf = torch.empty(2, B, H, dtype=dtype)
-        with _clock("pack"):
-            wf, wb = panels(w_hh, G)
-        a = _args(flags, order, T, B, H, reverse, store)
-        a.wf, a.wb, a.peep = wf.data_ptr(), wb.data_ptr(), peep.data_ptr()
-        a.gx, a.h, a.c, a.out, a.cs, a.hbuf = (
-            gx.data_ptr(), h.data_ptr(), c.data_ptr(), out.data_ptr(), _p(cs), hbuf.data_ptr()
-        )  # fmt: skip
-        with _clock("forward kernel"):
-            fail = getattr(_lib, f"carousel_lstm_forward_{_suffix(dtype)}")(ctypes.byref(a))
-        if fail:
-            raise ValueError(f"the native kernel takes 1 to 4 gate blocks; got {G}")
-        h_n, c_n = order.unsort(h), order.unsort(c)
+        out, h_n, c_n, (order, gx, cs, peep, wf, wb) = _forward(
+            x, h0, c0, w_ih, w_hh, b_ih, b_hh, p_i, p_f, p_o, flags, lengths, reverse, store
+        )
         if store:
             ctx.save_for_backward(x, h0, c0, w_ih, w_hh, gx, cs, out, peep)
             ctx.panels = (wf, wb)
@@ -457,7 +466,15 @@ def arguments(cell, x, state, weights, lengths, reverse) -> tuple:
 def native_sequence(cell, x, state, weights, lengths, reverse):
     """Run one direction of one LSTM-family layer with the native kernel."""
     _load()
-    out, h_n, c_n = NativeLSTMFunction.apply(*arguments(cell, x, state, weights, lengths, reverse))
+    if getattr(weights, "w_hr", None) is not None:  # a projection (proj_size): not ours
+        from carousel import kernels
+
+        return kernels.fused_sequence(cell, x, state, weights, lengths, reverse)
+    args = arguments(cell, x, state, weights, lengths, reverse)
+    if args[-1] or torch.is_autocast_enabled("cpu"):  # store: autograd needs the node
+        out, h_n, c_n = NativeLSTMFunction.apply(*args)
+    else:
+        out, h_n, c_n, _ = _forward(*args)
     return out, (h_n, c_n)
 
 
