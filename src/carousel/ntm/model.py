@@ -290,6 +290,10 @@ class NTM(nn.Module):
         e, a = torch.sigmoid(ea[:, :, 0]), torch.tanh(ea[:, :, 1])
         return k, beta, g, s, gamma, e, a
 
+    def address(self, k, beta, g, s, gamma, w_prev, memory) -> Tensor:
+        """(5)–(9) for every head of every sequence (a seam for ``bench/ntm.py``'s loop)."""
+        return address(k, beta, g, s, gamma, w_prev, memory, self.eps)
+
     def step(self, x: Tensor, state: NTMState) -> tuple[Tensor, NTMState]:
         """One time step: x (B, I) → logits (B, output_size) and the next state."""
         B = x.size(0)
@@ -297,7 +301,7 @@ class NTM(nn.Module):
             torch.cat([x, state.reads.reshape(B, -1)], dim=1), state.controller
         )
         k, beta, g, s, gamma, e, a = self._head_parameters(h)
-        w = address(k, beta, g, s, gamma, state.weights, state.memory, self.eps)
+        w = self.address(k, beta, g, s, gamma, state.weights, state.memory)
         reads = read(w[:, : self.R], state.memory)  # (2) from M_{t−1}
         memory = write(state.memory, w[:, self.R :], e, a) if self.W else state.memory
         logits = self.output(torch.cat([h, reads.reshape(B, -1)], dim=1))
