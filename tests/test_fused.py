@@ -214,11 +214,15 @@ class ToyOptions(carousel.RNNOptions):
 
 
 class ToyLayer(carousel.RecurrentLayer):
-    def __init__(self, input_size, hidden_size, *, variant="toy", **kwargs):
+    """Its layer class, written as carousel.GRU is."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, *, variant="toy", **kwargs):  # fmt: skip
         from carousel.layers import variant_cell
 
         cell, kwargs = variant_cell("toy", variant, kwargs)
-        super().__init__(cell, input_size, hidden_size, **kwargs)
+        super().__init__(cell, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, **kwargs)  # fmt: skip
 
 
 def test_a_family_without_a_kernel_is_one_record_and_runs_on_the_reference_path(monkeypatch):
