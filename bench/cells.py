@@ -18,6 +18,18 @@ kernels' bfloat16 matrix products, float32 state) against carousel's own float32
 same cell (the target: ≥ 1.5× at B ≥ 16, H ≥ 256), and adds, for ``lstm``/``gru``/``rnn``,
 torch.nn's layer under the same autocast and the ratio torch-bf16/carousel-bf16.
 
+Every table names the CPU model and its vector features (AVX2, FMA, AVX-512, AMX ...),
+which native build serves, and the machine's own float32 GEMM peak measured in the same run
+(a 2048³ product through torch's MKL and through numpy's OpenBLAS, the higher one); "of
+peak" is each point's GFLOP/s as a fraction of it.  Where the native kernel serves a cell
+(``backend`` column), the numba kernels (``backend="fused"``) are timed too, alternating
+with the others, and "numba/carousel" says how the two compare.  After the table, a
+per-step profile of the native kernel's training step at ``--profile`` points (default H128
+B1 and H512 B64): input product, packing, the forward and backward kernels split into
+recurrent product, cell (elementwise) and barrier waits by TSC ticks, the weight-gradient
+products, and the rest.  A contender that crashes on this CPU (torch's oneDNN bfloat16
+LSTM without AVX-512) is printed as "unavailable on this CPU" and the run goes on.
+
 With ``--output FILE`` (``make bench`` writes BENCHMARKS.md) the table, the command, the
 machine and its load average replace the ``## Cells`` section of FILE.
 
@@ -57,6 +69,11 @@ def run(layer: torch.nn.Module, x: torch.Tensor, mode: str, bf16: bool = False) 
         out.float().sum().backward()
 
 
+#: the clock of every timed run: wall time, or with ``--clock cpu`` the process's CPU time —
+#: on a crowded machine with ``--threads 1`` the work done, without the time spent preempted
+CLOCK = time.perf_counter
+
+
 def time_alternating(layers, x: torch.Tensor, mode: str, repeats: int, stat) -> list[float]:
     """``stat`` (median or min) of each layer's ms, after two warm-up runs, in alternation;
     ``layers`` are (layer, under bf16 autocast) pairs.  A contender that raises (torch's
@@ -74,9 +91,9 @@ def time_alternating(layers, x: torch.Tensor, mode: str, repeats: int, stat) -> 
         for (layer, bf16), ts, ok in zip(layers, times, live):
             if not ok:
                 continue
-            start = time.perf_counter()
+            start = CLOCK()
             run(layer, x, mode, bf16)
-            ts.append((time.perf_counter() - start) * 1e3)
+            ts.append((CLOCK() - start) * 1e3)
     return [stat(ts) if ts else float("nan") for ts in times]
 
 
@@ -269,7 +286,15 @@ def main() -> None:
         metavar="HxB",
         help="points of the native kernel's per-step profile (none: skip)",
     )
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "cpu"],
+        help="cpu: process CPU time (use with --threads 1 on a crowded machine)",
+    )
     args = parser.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     for name in args.cells:
         if name not in carousel.CELLS:
             parser.error(f"unknown cell {name!r}; known: {', '.join(carousel.CELLS)}")
@@ -283,6 +308,7 @@ def main() -> None:
         f"numba {numba.__version__}; {native_note()}; {peak_note}; T = {args.steps}, "
         f"{'bfloat16 autocast' if args.bf16 else 'float32'}, one layer, one direction, "
         f"input = hidden; backend {args.backend}; {args.stat} of {args.repeats} alternating runs"
+        f"{', CPU time' if args.clock == 'cpu' else ''}"
     )
     header = (
         "| cell | mode | H | B | carousel ms | anchor | anchor ms | anchor/carousel | GFLOP/s "

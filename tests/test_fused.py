@@ -193,7 +193,9 @@ def test_bidirectional_pair_matches_one_after_the_other(name, monkeypatch):
     calls = []
     apply = pair.PairFunction.apply
     monkeypatch.setattr(pair.PairFunction, "apply", lambda *a: calls.append(1) or apply(*a))
-    layer = carousel.make_layer(name, IN, H, num_layers=2, bidirectional=True, dtype=torch.float64)
+    layer = carousel.make_layer(
+        name, IN, H, num_layers=2, bidirectional=True, dtype=torch.float64, backend="fused"
+    )
     x = torch.randn(T, B, IN, dtype=torch.float64, requires_grad=True)
     results = []
     for enabled in (True, False):
