@@ -25,6 +25,7 @@ from carousel.cells import (
     RNNOptions,
     get_cell,
 )
+from carousel.errors import ArgumentError, ArgumentTypeError
 from carousel.layers import GRU, LSTM, RNN, RecurrentLayer, detach_state, make_layer, reset_state
 
 __version__ = "0.1.0"
@@ -36,6 +37,8 @@ __all__ = [
     "LSTM",
     "LSTM_VARIANTS",
     "RNN",
+    "ArgumentError",
+    "ArgumentTypeError",
     "Backend",
     "CellOptions",
     "GRUOptions",
