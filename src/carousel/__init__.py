@@ -16,6 +16,7 @@ Dimension legend, used in every docstring and ``# (T, B, 4H)`` comment:
 """
 
 from carousel.backends import BACKENDS, Backend, register_backend
+from carousel.cell_modules import GRUCell, LSTMCell, RecurrentCell, RNNCell, make_cell
 from carousel.cells import (
     CELLS,
     LSTM_VARIANTS,
@@ -41,12 +42,17 @@ __all__ = [
     "ArgumentTypeError",
     "Backend",
     "CellOptions",
+    "GRUCell",
     "GRUOptions",
+    "LSTMCell",
     "LSTMOptions",
+    "RNNCell",
     "RNNOptions",
+    "RecurrentCell",
     "RecurrentLayer",
     "detach_state",
     "get_cell",
+    "make_cell",
     "make_layer",
     "register_backend",
     "reset_state",
