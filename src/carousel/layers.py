@@ -246,6 +246,14 @@ class RecurrentLayer(nn.Module):
         state = self._prepare_state(hx, x, unbatched)
         if reset is not None:
             state = reset_state(state, reset)
+        if torch.onnx.is_in_onnx_export():  # ONNX's own recurrent operators, one per layer
+            from carousel.onnx_export import export_layers
+
+            if packed is not None:
+                raise ArgumentError(
+                    "ONNX export takes padded input (T, B, I) with lengths=; got a PackedSequence"
+                )
+            return self._finish(*export_layers(self, x, state, lengths), packed, unbatched)
 
         finals: list[tuple[Tensor, ...]] = []
         for k in range(self.num_layers):
@@ -330,7 +338,11 @@ class RecurrentLayer(nn.Module):
                 "Expected sequence length to be larger than 0 in RNN (expected T >= 1; got "
                 f"input shape {tuple(x.shape)})"
             )
-        if lengths is not None:
+        if lengths is not None and torch.onnx.is_in_onnx_export():
+            lengths = torch.as_tensor(lengths)  # values are data: ONNX's sequence_lens
+            if lengths.shape != (B,):
+                raise ArgumentError(f"lengths must have shape (B,); got {tuple(lengths.shape)}")
+        elif lengths is not None:
             lengths = _check_lengths(lengths, T, B, x.device)
         return x, lengths, packed, unbatched
 
