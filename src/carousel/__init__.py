@@ -19,8 +19,10 @@ from carousel.backends import BACKENDS, Backend, register_backend
 from carousel.cell_modules import GRUCell, LSTMCell, RecurrentCell, RNNCell, make_cell
 from carousel.cells import (
     CELLS,
+    FAMILIES,
     LSTM_VARIANTS,
     CellOptions,
+    Family,
     GRUOptions,
     LSTMOptions,
     RNNOptions,
@@ -34,6 +36,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BACKENDS",
     "CELLS",
+    "FAMILIES",
     "GRU",
     "LSTM",
     "LSTM_VARIANTS",
@@ -42,6 +45,7 @@ __all__ = [
     "ArgumentTypeError",
     "Backend",
     "CellOptions",
+    "Family",
     "GRUCell",
     "GRUOptions",
     "LSTMCell",

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from carousel.checkpoint import atomic_write_bytes
+from carousel.io import atomic_write
 from carousel.data.corpora import Vocab
 from carousel.lm.model import RNNLM
 
@@ -82,7 +82,7 @@ def export_onnx(model: RNNLM, vocab: Vocab, path: str | os.PathLike) -> Path:
             "carousel.state": ",".join(names),
         },
     )
-    atomic_write_bytes(path, proto.SerializeToString())
+    atomic_write(path, proto.SerializeToString())
     return path
 
 
