@@ -18,20 +18,20 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from carousel.io import atomic_write
 from carousel.data.corpora import Vocab
+from carousel.io import atomic_write
 from carousel.lm.model import RNNLM
 
 
 class _Stateful(nn.Module):
-    """``(ids, *state) -> (logits, *new_state)``: the model with its state as flat tensors."""
+    """``(ids, h0[, c0]) -> (logits, h[, c])``: the model with its state as flat tensors."""
 
     def __init__(self, model: RNNLM) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, ids: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
-        logits, new = self.model(ids, state[0] if len(state) == 1 else tuple(state))
+    def forward(self, ids: Tensor, h0: Tensor, c0: Tensor | None = None) -> tuple[Tensor, ...]:
+        logits, new = self.model(ids, h0 if c0 is None else (h0, c0))
         return (logits, *(new if isinstance(new, tuple) else (new,)))
 
 
