@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from carousel.cells import CELLS
 from carousel.checkpoint import load_checkpoint
 from carousel.handwriting import cli as handwriting_cli
+from carousel.inspection import cli as inspection_cli
 from carousel.lag import cli as lag_cli
 from carousel.lm import cli as lm_cli
 from carousel.tagging import cli as tagging_cli
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     tagging_cli.register(sub, jobs)
     handwriting_cli.register(sub, jobs)
     lag_cli.register(sub)
+    inspection_cli.register(sub)
     _subcommands(parser)["eval"].set_defaults(func=cmd_eval)
     return parser
 
