@@ -242,6 +242,7 @@ def test_inspect_text_writes_the_page_and_figures(tmp_path):
     assert not re.search(r"(src|href)\s*=|https?://|@import|url\(", page)
     for name in ("saturation.png", "heatmap.png"):
         assert (tmp_path / "out" / name).read_bytes().startswith(PNG)
+    assert (tmp_path / "out" / "page.html").stat().st_mode & 0o044 == 0o044  # not mkstemp's 0600
     units = json.loads((tmp_path / "out" / "units.json").read_text())
     assert units["best"]["inside quotes"][0]["r"] == summary["best"]["inside quotes"][0]["r"]
 
@@ -271,6 +272,14 @@ def test_page_renders_in_chromium(tmp_path):
     assert 'data-ready="1"' in dom  # the script ran to its end
     assert dom.count('style="background-color: rgba(') >= 150  # characters were coloured
     assert dom.count("<option") == 6
+    dom = subprocess.run(
+        [*cmd, (tmp_path / "page.html").as_uri() + "#l0%20g/3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert '<span id="status">l0 g #3</span>' in dom  # the address picks the unit
 
 
 def test_saturation_and_heatmap():

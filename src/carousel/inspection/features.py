@@ -134,23 +134,39 @@ class Unit:
         return f"{self.signal} #{self.unit}"
 
 
-def _columns(signals: Mapping[str, Tensor]) -> tuple[list[tuple[str, int]], Tensor]:
-    """(signal label, unit) of every column, and the columns side by side (T, N)."""
-    labels, columns = [], []
-    for label, values in signals.items():
-        if values.dim() != 2:
-            raise ValueError(f"signal {label!r} must be (T, H); got {tuple(values.shape)}")
-        labels.extend((label, j) for j in range(values.size(1)))
-        columns.append(values)
-    if not columns:
-        raise ValueError("no signals to correlate")
-    return labels, torch.cat(columns, dim=1)
-
-
 def _varying(features: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The features that are not constant over the text (a constant one correlates with
     nothing)."""
     return {k: f for k, f in features.items() if f.numel() > 1 and bool((f != f[0]).any())}
+
+
+def correlation_table(
+    signals: Mapping[str, Tensor], features: Mapping[str, Tensor]
+) -> tuple[list[tuple[str, int]], list[str], Tensor]:
+    """The correlation of every unit with every feature: ``(units, feature names, r)`` with
+    ``units`` the (signal label, unit index) of each column and r (F, N), one signal
+    (T, H) at a time so that a long text needs no copy of all signals at once."""
+    if not signals:
+        raise ValueError("no signals to correlate")
+    names = list(features)
+    if not names:
+        raise ValueError("no features to correlate with")
+    T = next(iter(features.values())).numel()
+    f = torch.stack([features[n].to(torch.float64) for n in names], dim=1)  # (T, F)
+    f = f - f.mean(0)
+    f_norm = f.norm(dim=0)  # (F,)
+    labels, blocks = [], []
+    for label, values in signals.items():
+        if values.dim() != 2 or values.size(0) != T:
+            raise ValueError(
+                f"signal {label!r} must be (T, H) with T = {T}; got {tuple(values.shape)}"
+            )
+        u = values.to(torch.float64)
+        u = u - u.mean(0)
+        den = f_norm.unsqueeze(1) * u.norm(dim=0)  # (F, H)
+        blocks.append(torch.where(den > 0, (f.T @ u) / den, 0.0))
+        labels.extend((label, j) for j in range(values.size(1)))
+    return labels, names, torch.cat(blocks, dim=1)
 
 
 def find_units(
@@ -162,16 +178,14 @@ def find_units(
     (name -> (T,)), best first by |r|; a feature constant over the text gets none."""
     if top < 1:
         raise ValueError(f"top must be positive; got {top}")
-    labels, units = _columns(signals)
     varying = _varying(features)
-    out: dict[str, list[Unit]] = {}
-    for name in features:
-        if name not in varying:
-            out[name] = []
-            continue
-        r = correlations(units, varying[name])
-        order = r.abs().argsort(descending=True, stable=True)[:top]
-        out[name] = [Unit(*labels[i], name, float(r[i])) for i in order.tolist()]
+    out: dict[str, list[Unit]] = {name: [] for name in features}
+    if not varying:
+        return out
+    labels, names, r = correlation_table(signals, varying)
+    for k, name in enumerate(names):
+        order = r[k].abs().argsort(descending=True, stable=True)[:top]
+        out[name] = [Unit(*labels[i], name, float(r[k, i])) for i in order.tolist()]
     return out
 
 
@@ -180,12 +194,10 @@ def rank_units(
 ) -> list[Unit]:
     """The ``top`` units ranked by their strongest |correlation| with any feature (and that
     feature), best first."""
-    labels, units = _columns(signals)
     varying = _varying(features)
     if not varying:
         return []
-    names = list(varying)
-    r = torch.stack([correlations(units, varying[n]) for n in names])  # (F, N)
+    labels, names, r = correlation_table(signals, varying)  # r (F, N)
     best = r.abs().argmax(dim=0)  # (N,)
     strength = r.abs().gather(0, best.unsqueeze(0)).squeeze(0)
     order = strength.argsort(descending=True, stable=True)[:top]

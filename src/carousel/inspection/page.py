@@ -5,7 +5,8 @@ A picker chooses the signal (``l0 h``, ``l1 s``, ``l0 i``, ...) and the unit; th
 text feature and a ranked list of units (by their strongest correlation with any feature) are
 links that show that unit.  The values travel in the page as one byte per character and unit
 (base64): sigmoid gates from 0 (blue) to 1 (red), h, g and n from −1 (blue) to +1 (red), the
-internal state s from −max to +max of that unit over the page's text.
+internal state s from −max to +max of that unit over the page's text.  ``page.html#l1 s/17``
+opens on unit 17 of layer 2's internal state.
 """
 
 from __future__ import annotations
@@ -225,7 +226,13 @@ document.addEventListener("keydown", (e) => {
   if (e.key === "ArrowLeft") document.getElementById("prev").click();
   if (e.key === "ArrowRight") document.getElementById("next").click();
 });
-if (D.start) pick(D.start); else show();
+function fromHash() {  // page.html#l1 s/17 opens that unit
+  const m = decodeURIComponent(location.hash.slice(1)).match(/^(.+)[/]([0-9]+)$/);
+  return m && bySignal[m[1]] ? {signal: m[1], unit: +m[2]} : null;
+}
+window.addEventListener("hashchange", () => { const u = fromHash(); if (u) pick(u); });
+const first = fromHash() || D.start;
+if (first) pick(first); else show();
 document.body.dataset.ready = "1";
 </script>
 </body></html>
