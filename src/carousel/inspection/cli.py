@@ -14,8 +14,10 @@ from carousel.checkpoint import load_checkpoint
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from carousel.lm.cli import KIND as LM
+
     kind = load_checkpoint(args.run)[1].get("kind")
-    if kind != "lm":
+    if kind != LM:
         raise ValueError(f"{args.run} holds a {kind!r} checkpoint; inspect reads lm runs")
     return _inspect_lm(args)
 
@@ -25,7 +27,7 @@ def _inspect_lm(args: argparse.Namespace) -> int:
 
     from carousel.inspection.lm import inspect_text
     from carousel.lm.sample import generate
-    from carousel.train import load_lm
+    from carousel.lm.train import load_lm
 
     if (args.text is None) == (args.prime is None):
         raise ValueError("give either --text FILE or --prime TEXT (with --length N)")

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from carousel.inspection.features import Unit
 from carousel.inspection.record import SIGMOID_GATES, Recording
+from carousel.io import pyplot as _pyplot
 
 #: below LEFT a gate is left-saturated (shut), above RIGHT right-saturated (open)
 LEFT, RIGHT = 0.1, 0.9
@@ -22,15 +23,6 @@ GATE_COLOURS = {
     "z": "tab:orange",
 }
 GATE_NAMES = {"i": "input", "f": "forget", "o": "output", "r": "reset", "z": "update"}
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _png(fig, dpi: int = 100) -> bytes:

@@ -12,9 +12,9 @@ from torch import Tensor
 from carousel.data.corpora import Vocab
 from carousel.inspection.features import find_units, rank_units, text_features
 from carousel.inspection.figures import heatmap_plot, saturation_plot
-from carousel.inspection.files import write_file
 from carousel.inspection.page import render_page
 from carousel.inspection.record import Recording, record
+from carousel.io import atomic_write
 from carousel.lm.model import RNNLM
 
 #: the files :func:`inspect_text` writes
@@ -83,10 +83,10 @@ def inspect_text(
             f"the page shows the first {len(shown):,}",
         ),
     )
-    write_file(out / PAGE, page.encode("utf-8"))
-    write_file(out / SATURATION, saturation_plot(rec, title=title))
+    atomic_write(out / PAGE, page.encode("utf-8"))
+    atomic_write(out / SATURATION, saturation_plot(rec, title=title))
     chosen = _heatmap_units(best, ranking, heatmap_units)
-    write_file(out / HEATMAP, heatmap_plot(text, rec, chosen, length=heatmap_chars, title=title))
+    atomic_write(out / HEATMAP, heatmap_plot(text, rec, chosen, length=heatmap_chars, title=title))
     summary = {
         "characters": len(text),
         "best": {k: [u.__dict__ for u in units] for k, units in best.items()},
@@ -101,7 +101,7 @@ def inspect_text(
             )
         },
     }
-    write_file(out / UNITS, (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
+    atomic_write(out / UNITS, (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
     return summary
 
 
