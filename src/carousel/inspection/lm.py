@@ -56,8 +56,8 @@ def inspect_text(
 ) -> dict:
     """Record ``model`` on ``text``, correlate every unit with the text's features (all of
     the text), and write into folder ``out``: ``page.html`` (its first ``page_chars``
-    characters), ``saturation.png``, ``heatmap.png`` (the best unit of each feature over the
-    first ``heatmap_chars`` characters, then the next ranked units up to ``heatmap_units``)
+    characters), ``saturation.png``, ``heatmap.png`` (``heatmap_units`` units over the first
+    ``heatmap_chars`` characters: the best of each feature, then the second best, ...)
     and ``units.json`` (the best units per feature and the ranking).  Returns that summary
     with the paths."""
     for name, value in (("page_chars", page_chars), ("top", top), ("ranked", ranked)):
@@ -106,9 +106,13 @@ def inspect_text(
 
 
 def _heatmap_units(best, ranking, n):
-    """The best unit of each feature, then ranked units, without repeats, at most ``n``."""
+    """Round robin over the features (the best unit of each, then the second best, ...),
+    then ranked units, without repeats, at most ``n``: every feature gets its rows even when
+    one feature's units dominate the ranking."""
     chosen, seen = [], set()
-    for u in [units[0] for units in best.values() if units] + list(ranking):
+    depth = max((len(units) for units in best.values()), default=0)
+    rounds = [units[k] for k in range(depth) for units in best.values() if k < len(units)]
+    for u in [*rounds, *ranking]:
         if (u.signal, u.unit) not in seen and len(chosen) < n:
             seen.add((u.signal, u.unit))
             chosen.append(u)
