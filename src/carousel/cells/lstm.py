@@ -22,6 +22,7 @@ The state is (h, c) as in torch.nn; ``c`` is the internal state s above.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,9 @@ from carousel.cells.base import ACTIVATIONS, CellOptions, check_choice
 
 INPUT_ACTIVATIONS = ("tanh", "sigmoid", "identity")
 OUTPUT_ACTIVATIONS = ("tanh", "identity")
+#: the options that set a gate's initial bias, and the gate block each one sets
+GATE_BIASES = {"forget_bias": "f", "input_gate_bias": "i", "output_gate_bias": "o"}
+GATE_NAMES = {"i": "an input gate", "f": "a forget gate", "o": "an output gate"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +50,8 @@ class LSTMOptions(CellOptions):
         output_activation: φ_out: tanh, or identity (NOAF).
         forget_bias: initial value of the forget gate's bias (``bias_ih``'s f block; the
             ``bias_hh`` f block starts at 0); ``None`` keeps torch's uniform initialisation.
+        input_gate_bias, output_gate_bias: the same for the input and output gates (the
+            1997 paper's remedy for internal state drift starts them negative, e.g. −2).
     """
 
     family = "lstm"
@@ -59,6 +65,8 @@ class LSTMOptions(CellOptions):
     input_activation: str = "tanh"
     output_activation: str = "tanh"
     forget_bias: float | None = None
+    input_gate_bias: float | None = None
+    output_gate_bias: float | None = None
 
     def gates(self) -> tuple[str, ...]:
         blocks = []
@@ -93,25 +101,32 @@ class LSTMOptions(CellOptions):
             )
         if self.peepholes and not self.peephole_names():
             raise ValueError("peepholes=True needs at least one gate; this variant has none")
-        if self.forget_bias is not None:
-            if "f" not in self.gates():
+        for name, gate in GATE_BIASES.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise ValueError(f"{name} must be a number or None; got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number; got {value}")
+            if gate not in self.gates():
                 raise ValueError(
-                    "forget_bias needs a forget gate with its own weights; this variant has "
+                    f"{name} needs {GATE_NAMES[gate]} with its own weights; this variant has "
                     f"blocks {'/'.join(self.gates())}"
                 )
-            if not isinstance(self.forget_bias, int | float) or isinstance(self.forget_bias, bool):
-                raise ValueError(f"forget_bias must be a number or None; got {self.forget_bias!r}")
 
     def needs_bias(self) -> bool:
-        return self.forget_bias is not None
+        return any(getattr(self, name) is not None for name in GATE_BIASES)
 
     def init_bias(self, bias_ih: Tensor, bias_hh: Tensor, hidden_size: int) -> None:
-        if self.forget_bias is None:
-            return
-        f = self.gates().index("f")
-        block = slice(f * hidden_size, (f + 1) * hidden_size)
-        bias_ih[block] = float(self.forget_bias)
-        bias_hh[block] = 0.0
+        for name, gate in GATE_BIASES.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            k = self.gates().index(gate)
+            block = slice(k * hidden_size, (k + 1) * hidden_size)
+            bias_ih[block] = float(value)
+            bias_hh[block] = 0.0
 
     def step_with_gates(self, gx, state, w_hh, b_hh, peep):
         h, s = state
