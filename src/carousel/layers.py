@@ -330,7 +330,7 @@ class RecurrentLayer(nn.Module):
         if x.size(-1) != self.input_size:
             raise ArgumentError(
                 f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got "
-                f"{x.size(-1)} (input shape {tuple(x.shape)})"
+                f"{x.size(-1)} (features of each step; input shape {tuple(x.shape)})"
             )
         T, B = x.size(0), x.size(1)
         if T == 0:
