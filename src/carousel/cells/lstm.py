@@ -128,9 +128,10 @@ class LSTMOptions(CellOptions):
             bias_ih[block] = float(value)
             bias_hh[block] = 0.0
 
-    def step(self, gx, state, w_hh, b_hh, peep):
+    def step_with_gates(self, gx, state, w_hh, b_hh, peep):
         h, s = state
-        return lstm_step(gx, h, s, w_hh, b_hh, peep, self)
+        h, s, gates = lstm_step_with_gates(gx, h, s, w_hh, b_hh, peep, self)
+        return (h, s), gates
 
 
 def lstm_step(
@@ -146,6 +147,22 @@ def lstm_step(
 
     gx = W_ih x_t + b_ih is (B, G·H); h, s are (B, H); returns (h_t, s_t).
     """
+    h, s, _ = lstm_step_with_gates(gx, h, s, w_hh, b_hh, peep, opt)
+    return h, s
+
+
+def lstm_step_with_gates(
+    gx: Tensor,
+    h: Tensor,
+    s: Tensor,
+    w_hh: Tensor,
+    b_hh: Tensor | None,
+    peep: dict[str, Tensor],
+    opt: LSTMOptions,
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """:func:`lstm_step` and its gate values: (h_t, s_t, {"i", "f", "g", "o": (B, H)}), the
+    gates the variant computes (a removed gate, fixed at 1, is left out; CIFG's f = 1 − i is in).
+    """
     a = dict(zip(opt.gates(), (gx + F.linear(h, w_hh, b_hh)).chunk(opt.num_gates, dim=1)))
     g = ACTIVATIONS[opt.input_activation](a["g"])
     i = torch.sigmoid(a["i"] + peep["ci"] * s if "ci" in peep else a["i"]) if "i" in a else 1.0
@@ -158,4 +175,5 @@ def lstm_step(
     s = f * s + i * g
     o = torch.sigmoid(a["o"] + peep["co"] * s if "co" in peep else a["o"]) if "o" in a else 1.0
     h = o * ACTIVATIONS[opt.output_activation](s)
-    return h, s
+    gates = {name: v for name, v in (("i", i), ("f", f), ("g", g), ("o", o)) if torch.is_tensor(v)}
+    return h, s, gates
