@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 EVALUATORS = {
     lm_cli.KIND: lm_cli.cmd_eval,
     tagging_cli.KIND: tagging_cli.cmd_eval,
+    handwriting_cli.KIND: handwriting_cli.cmd_eval,
 }
 
 
