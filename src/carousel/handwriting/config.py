@@ -14,7 +14,7 @@ from carousel.train import TrainSettings
 @dataclasses.dataclass(frozen=True)
 class HandwritingConfig(TrainSettings):
     """A handwriting model, its features and its training (the loop's own settings are
-    :class:`~carousel.train.TrainSettings`': optimizer, lr, clip, epochs, seed, ...).
+    those of :class:`~carousel.train.TrainSettings`: optimizer, lr, clip, epochs, seed, ...).
 
     Features (:class:`~carousel.data.strokes.Featurisation`): ``resample_distance`` in units
     of a digit's height, ``resampling`` ``"drop"`` or ``"arc"``, ``smooth`` a Gaussian's
