@@ -33,7 +33,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = resolve_config(LMConfig, args.preset, overrides)
         run = Path(args.out or Path("runs") / Path(args.preset or "lm").stem)
         summary = train_lm(cfg, run, progress=args.progress)
-    if ddp.rank() == 0:
+    if ddp.rank() == 0 and summary["trained"]:  # a finished run said so and stays as it was
         from carousel.lm.train import load_lm
 
         level = load_lm(run / "checkpoint.safetensors")[2].level
