@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from carousel.cells import CELLS
 from carousel.checkpoint import load_checkpoint
 from carousel.handwriting import cli as handwriting_cli
+from carousel.inspection import cli as inspection_cli
 from carousel.lag import cli as lag_cli
 from carousel.lm import cli as lm_cli
 from carousel.ntm import cli as ntm_cli
@@ -44,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     tagging_cli.register(sub, jobs)
     handwriting_cli.register(sub, jobs)
     ntm_cli.register(sub, jobs)
-    lag_cli.register(sub)
+    lag_cli.register(sub, jobs)
+    inspection_cli.register(sub)
     p = sub.add_parser("eval", help="a checkpoint's scores (of whichever job wrote it)")
     p.add_argument("checkpoint", help="checkpoint file or run folder")
     p.add_argument("--data", default=None, help="the data to score on (the job says which)")
@@ -68,6 +70,7 @@ EVALUATORS = {
     lm_cli.KIND: lm_cli.cmd_eval,
     tagging_cli.KIND: tagging_cli.cmd_eval,
     ntm_cli.KIND: ntm_cli.cmd_eval,
+    lag_cli.KIND: lag_cli.cmd_eval,
 }
 
 #: the checkpoint's job -> the command that plots its run (default: the curves)
