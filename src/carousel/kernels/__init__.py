@@ -78,12 +78,15 @@ def supports(cell: CellOptions, x: Tensor) -> bool:
 
 
 def fused_sequence(cell, x, state, weights, lengths, reverse):
-    """Run one direction of one layer with the fused kernel of ``cell``'s family."""
+    """Run one direction of one layer with the fused kernel of ``cell``'s family.
+
+    The kernel's autograd (first-order gradients from its hand-derived backward, exact
+    higher-order gradients from the reference twin, torch.func) is the shared one of
+    :func:`carousel.kernels.common.run_sequence`."""
     _load()
-    module = _modules[cell.family]
-    return module.finish(
-        module.FUNCTION.apply(*module.arguments(cell, x, state, weights, lengths, reverse))
-    )
+    from carousel.kernels.common import run_sequence
+
+    return run_sequence(_modules[cell.family].KERNEL, cell, x, state, weights, lengths, reverse)
 
 
 def _pair_pays(cell: CellOptions, x: Tensor, H: int) -> bool:
@@ -103,17 +106,8 @@ def fused_pair(cell, x, states, weights, lengths):
     backward) pairs; returns ((output, final), (output, final)).  The two run concurrently
     (:mod:`carousel.kernels.pair`) where that pays, else one after the other."""
     _load()
-    module = _modules[cell.family]
-    H = weights[0].w_hh.size(1)
-    if not _pair_pays(cell, x, H):
-        return tuple(
-            fused_sequence(cell, x, s, w, lengths, reverse)
-            for s, w, reverse in zip(states, weights, (False, True))
-        )
-    from carousel.kernels.pair import PairFunction
+    from carousel.kernels.common import run_pair
 
-    a = module.arguments(cell, x, states[0], weights[0], lengths, False)
-    b = module.arguments(cell, x, states[1], weights[1], lengths, True)
-    outputs = PairFunction.apply(module.FUNCTION, len(a), *a, *b)
-    k = len(outputs) // 2
-    return module.finish(outputs[:k]), module.finish(outputs[k:])
+    H = weights[0].w_hh.size(1)
+    kernel = _modules[cell.family].KERNEL
+    return run_pair(kernel, cell, x, states, weights, lengths, _pair_pays(cell, x, H))
