@@ -346,7 +346,8 @@ def fit(
 ) -> dict[str, Any]:
     """Train ``model`` on ``job`` with settings ``cfg`` into ``run`` (new, or resumed).
 
-    Returns the final cursor with ``reason`` (``done``, ``max_steps``, ``max_minutes``,
+    Returns the final cursor with ``trained`` (False: the run was already finished and
+    nothing was done or written), ``reason`` (``done``, ``max_steps``, ``max_minutes``,
     ``early_stop`` or the job's own, e.g. ``solved``), the last ``scores`` and
     ``valid_loss`` (the last evaluation's loss, NaN if it reports none).  With
     ``job.keep_best`` the model ends with its best-scoring weights.  Raises
@@ -376,6 +377,7 @@ def fit(
             "reason": reason,
             "scores": {},
             "valid_loss": math.nan,
+            "trained": False,
         }
 
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
@@ -463,6 +465,7 @@ def fit(
         "reason": reason or "done",
         "scores": scores,
         "valid_loss": scores.get("loss", math.nan),
+        "trained": True,
     }
 
 
