@@ -23,7 +23,8 @@ of gx), s_t and h_t; φ_out(s_t) is recomputed in the backward pass.
 
 Backward. Walk t = T−1 … 0 carrying two gradients from step t + 1: δh_t^rec = ∂L/∂h_t
 through the recurrent product of step t + 1, and δs_t^carry = ∂L/∂s_t through step t + 1's
-state update and peepholes (both start at the gradients of the final state, δh_n and δs_n — torch.nn calls s_n c_n).
+state update and peepholes (both start at the gradients of the final state, δh_n and δs_n;
+torch.nn calls s_n c_n).
 
     (B1)  δh_t  = ∂L/∂y_t + δh_t^rec
     (B2)  δa_o  = δh_t ⊙ φ_out(s_t) ⊙ o(1 − o)                          0 without output gate
@@ -225,7 +226,7 @@ def lstm_backward(
     gates, cs, out, h0, c0, w_hh, peep, flags, perm, lengths, nlive, rev, packed,
     dout, dh, dc, dA, hprev, dpeep, dst, z, si, sf,
 ):  # fmt: skip
-    """The backward time loop: the δ recursions of docs/bptt.md.
+    """The backward time loop: the δ recursions (B1)–(B9) of the module docstring.
 
     gates, cs, out: saved by :func:`lstm_forward`; h0, c0 (B, H) in batch order.
     dout (T, B, H): ∂L/∂h_t from above.  dh, dc (B, H): in, ∂L/∂(h_n, c_n) in kernel order;
