@@ -215,8 +215,12 @@ struct Barrier {
 // the next SOLO_CALLS calls run on one thread, then two are tried again.
 static std::atomic<int> solo_calls{0};
 static const int SOLO_CALLS = 16;
-static int threads_for(i64 requested, i64 blocks) {
+// below this many multiply-adds a step (B·G·H², H128 B1 has 65,536) one thread does the step
+// faster than two can meet at a barrier
+static const i64 MIN_SPLIT_MACS = 1 << 16;
+static int threads_for(i64 requested, i64 blocks, i64 step_macs) {
     int P = (int)std::max<i64>(1, std::min<i64>(requested, blocks));
+    if (step_macs < MIN_SPLIT_MACS) return 1;
     if (P > 1 && solo_calls.load(std::memory_order_relaxed) > 0) {
         solo_calls.fetch_sub(1, std::memory_order_relaxed);
         return 1;
@@ -472,7 +476,7 @@ static void forward(const Args& a) {
     constexpr int W = Vec<T>::W;
     const i64 H = a.H, B = a.B, T_ = a.T;
     const i64 NB = (H + W - 1) / W;
-    const int P = threads_for(a.threads, NB);
+    const int P = threads_for(a.threads, NB, a.B * a.G * H * H);
     T* hbuf = (T*)a.hbuf;
     std::memcpy(hbuf, a.h, sizeof(T) * B * H);
     Barrier bar;
@@ -598,7 +602,7 @@ static void backward(const Args& a) {
     constexpr int W = Vec<T>::W;
     const i64 H = a.H, B = a.B, GH = a.G * H;
     const i64 NB = (H + W - 1) / W;
-    const int P = threads_for(a.threads, NB);
+    const int P = threads_for(a.threads, NB, a.B * a.G * H * H);
     Barrier bar;
     bar.n = P;
     pool()->run(P, [&](int p) {
