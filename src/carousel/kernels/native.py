@@ -471,7 +471,8 @@ def native_sequence(cell, x, state, weights, lengths, reverse):
 
         return kernels.fused_sequence(cell, x, state, weights, lengths, reverse)
     args = arguments(cell, x, state, weights, lengths, reverse)
-    if args[-1] or torch.is_autocast_enabled("cpu"):  # store: autograd needs the node
+    if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"):  # autograd's node (and
+        # forward-mode AD's dual tensors, which require no grad) need the Function
         out, h_n, c_n = NativeLSTMFunction.apply(*args)
     else:
         out, h_n, c_n, _ = _forward(*args)
