@@ -66,14 +66,15 @@ def reference_sequence(
 
     Args:
         x: (T, B, I) input.
-        state: initial state, one (B, H) tensor per name in ``cell.state_names``.
+        state: initial state, one (B, H) tensor per name in ``cell.state_names`` (an LSTM
+            with a projection: h (B, P), c (B, H)).
         lengths: (B,) int64 on x's device with values in 1..T, or ``None`` if all are T.
             Steps past a sequence's length leave its state unchanged and output zeros.
         reverse: run from each sequence's last real step back to its first.
 
     Returns:
-        output (T, B, H) in the input's time order, and the final state at each sequence's
-        last real step.
+        output (T, B, H) (P with a projection) in the input's time order, and the final state
+        at each sequence's last real step.
     """
     if reverse:
         x = reverse_padded(x, lengths)
@@ -82,8 +83,9 @@ def reference_sequence(
     if lengths is not None:
         live = (torch.arange(T, device=x.device).unsqueeze(1) < lengths).unsqueeze(2)  # (T, B, 1)
     outputs = []
+    extra = {} if weights.w_hr is None else {"w_hr": weights.w_hr}  # the LSTM's projection
     for t in range(T):
-        new = cell.step(gx[t], state, weights.w_hh, weights.b_hh, weights.peep)
+        new = cell.step(gx[t], state, weights.w_hh, weights.b_hh, weights.peep, **extra)
         if lengths is None:
             state = new
             outputs.append(new[0])

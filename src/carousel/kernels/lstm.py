@@ -23,6 +23,7 @@ from carousel.backends import LayerWeights
 from carousel.cells import LSTMOptions
 from carousel.kernels._mkl import (
     JIT,
+    PLAIN,
     TR,
     N,
     copy,
@@ -36,6 +37,7 @@ from carousel.kernels._mkl import (
 from carousel.kernels.common import (
     flat_weight_grads,
     input_products,
+    matmul,
     np_,
     scratch,
 )
@@ -45,8 +47,9 @@ _ACT_OUT = {"tanh": 0, "identity": 1}
 
 
 def lstm_flags(opt: LSTMOptions) -> tuple[int, ...]:
-    """(has_i, own_f, coupled, has_o, act_in, act_out, oi, of, og, oo, G) for the kernels;
-    o* are the gate blocks' column offsets in units of H (−1 when absent)."""
+    """(has_i, own_f, coupled, has_o, act_in, act_out, oi, of, og, oo, G, proj) for the
+    kernels; o* are the gate blocks' column offsets in units of H (−1 when absent), proj
+    whether h_t is projected (proj_size > 0)."""
     gates = opt.gates()
     off = {name: gates.index(name) if name in gates else -1 for name in "ifgo"}
     return (
@@ -61,6 +64,7 @@ def lstm_flags(opt: LSTMOptions) -> tuple[int, ...]:
         off["g"],
         off["o"],
         len(gates),
+        int(opt.proj_size > 0),
     )
 
 
@@ -73,36 +77,39 @@ def _sigmoid_from_exp(z, m, one):
 
 @numba.njit(**JIT)
 def lstm_forward(
-    gx, w_hh, peep, flags, perm, lengths, nlive, rev, packed, h, c, out, cs, work, z, si, sf
+    gx, w_hh, w_hr, peep, flags, perm, lengths, nlive, rev, packed, h, c, out, cs, work, z, si, sf
 ):
     """The forward time loop.
 
     gx (T, B, G·H): in, W_ih x + b_ih + b_hh; out, the gates' activations i, f, g, o.
-    w_hh (G·H, H); peep (3, H) rows p_i, p_f, p_o (zeros where absent).  flags: those of
+    w_hh (G·H, P); w_hr (P, H), the projection (a dummy without one, P = H);
+    peep (3, H) rows p_i, p_f, p_o (zeros where absent).  flags: those of
     :func:`lstm_flags`, then ``store`` (0 in inference: gx and cs are left as scratch).
-    h, c (B, H): initial state in kernel order; on return, each sequence's final state.
-    out (T, B, H) zeros: h_t.  cs (T, B, H): s_t.  work (B, G·H), z (5, B·H): scratch.
+    h (B, P), c (B, H): initial state in kernel order; on return, each sequence's final state.
+    out (T, B, P) zeros: h_t.  cs (T, B, H): s_t.  work (B, G·H), z (5, B·H): scratch.
 
     Every inner loop touches few contiguous arrays, in the arrays' dtype, so LLVM
     vectorises it; a gate a variant lacks is a vector of ones, so the state update is one
     expression for every variant.
     """
     has_i, own_f, coupled, has_o = flags[0], flags[1], flags[2], flags[3]
-    act_in, act_out, G, store = flags[4], flags[5], flags[10], flags[11]
+    act_in, act_out, G, proj, store = flags[4], flags[5], flags[10], flags[11], flags[12]
     T = gx.shape[0]
-    H = h.shape[1]
+    H = c.shape[1]
+    P = h.shape[1]
     GH = G * H
     oi, of, og, oo = flags[6] * H, flags[7] * H, flags[8] * H, flags[9] * H
     zi, zf, zg, zo, zs = z[0], z[1], z[2], z[3], z[4]
     pi, pf, po = peep[0], peep[1], peep[2]
     one = peep.dtype.type(1.0)
     hf = h.reshape(-1)
-    pk = prepare_pack(packed, TR, nlive[0], GH, H, w_hh, H)
-    old_threads = step_threads(nlive[0], GH, H)
+    pk = prepare_pack(packed, TR, nlive[0], GH, P, w_hh, P)
+    pkr = prepare_pack(packed if proj else PLAIN, TR, nlive[0], P, H, w_hr, H)
+    old_threads = step_threads(nlive[0], GH, P)
     for t in range(T):
         n = nlive[t]
         m = n * H
-        step_gemm(pk, packed, N, TR, n, GH, H, h, H, w_hh, H, 0.0, work, GH, si, sf)  # W_hh h_{t−1}
+        step_gemm(pk, packed, N, TR, n, GH, P, h, P, w_hh, P, 0.0, work, GH, si, sf)  # W_hh h_{t−1}
         for j in range(n):  # (F1) a = W_ih x_t + b + W_hh h_{t−1}, and the gates' arguments
             b = perm[j]
             pos = t if rev == 0 else lengths[b] - 1 - t
@@ -160,8 +167,13 @@ def lstm_forward(
             zo[:m] = one
         if act_out == 0:
             vtanh(zs, m)
-        for q in range(m):  # (F7) h_t = o ⊙ φ_out(s_t)
-            hf[q] = zo[q] * zs[q]
+        if proj:
+            for q in range(m):  # (F7) m_t = o ⊙ φ_out(s_t)
+                zs[q] = zo[q] * zs[q]
+            step_gemm(pkr, packed, N, TR, n, P, H, zs, H, w_hr, H, 0.0, h, P, si, sf)  # (F8)
+        else:
+            for q in range(m):  # (F7) h_t = o ⊙ φ_out(s_t)
+                hf[q] = zo[q] * zs[q]
         for j in range(n):  # keep i, f, g, o, s_t and h_t at the sequence's own position
             b = perm[j]
             pos = t if rev == 0 else lengths[b] - 1 - t
@@ -176,39 +188,45 @@ def lstm_forward(
                 if has_o:
                     copy(row, oo, zo, base, H)
                 copy(cs[pos, b], 0, c[j], 0, H)
-            copy(out[pos, b], 0, h[j], 0, H)
+            copy(out[pos, b], 0, h[j], 0, P)
     restore_threads(old_threads)
 
 
 @numba.njit(**JIT)
 def lstm_backward(
-    gates, cs, out, h0, c0, w_hh, peep, flags, perm, lengths, nlive, rev, packed,
-    dout, dh, dc, dA, hprev, dpeep, dst, z, si, sf,
+    gates, cs, out, h0, c0, w_hh, w_hr, peep, flags, perm, lengths, nlive, rev, packed,
+    dout, dh, dc, dA, hprev, dhs, ms, dpeep, dst, z, si, sf,
 ):  # fmt: skip
     """The backward time loop: the δ recursions of docs/bptt.md.
 
-    gates, cs, out: saved by :func:`lstm_forward`; h0, c0 (B, H) in batch order.
-    dout (T, B, H): ∂L/∂h_t from above.  dh, dc (B, H): in, ∂L/∂(h_n, c_n) in kernel order;
-    out, ∂L/∂(h_0, c_0) in kernel order.  dA (T, B, G·H) zeros: ∂L/∂a, the gates'
-    pre-activations.  hprev (T, B, H) zeros: h_{t−1} of each step.  dpeep (3, H) zeros: the
-    peepholes' gradients.  dst (B, G·H), z (11, B·H): scratch.
+    gates, cs, out: saved by :func:`lstm_forward`; h0 (B, P), c0 (B, H) in batch order;
+    w_hr (P, H) the projection (a dummy without one, P = H).
+    dout (T, B, P): ∂L/∂h_t from above.  dh (B, P), dc (B, H): in, ∂L/∂(h_n, c_n) in kernel
+    order; out, ∂L/∂(h_0, c_0) in kernel order.  dA (T, B, G·H) zeros: ∂L/∂a, the gates'
+    pre-activations.  hprev (T, B, P) zeros: h_{t−1} of each step.  With a projection,
+    dhs (T, B, P) and ms (T, B, H) zeros: δh_t and m_t of each step, for δW_hr (P2); dummies
+    without.  dpeep (3, H) zeros: the peepholes' gradients.  dst (B, G·H), z (12, B·H):
+    scratch.
     """
     has_i, own_f, coupled, has_o = flags[0], flags[1], flags[2], flags[3]
-    act_in, act_out, G = flags[4], flags[5], flags[10]
+    act_in, act_out, G, proj = flags[4], flags[5], flags[10], flags[11]
     T = gates.shape[0]
-    H = dh.shape[1]
+    H = dc.shape[1]
+    P = dh.shape[1]
     GH = G * H
     oi, of, og, oo = flags[6] * H, flags[7] * H, flags[8] * H, flags[9] * H
-    zphi, zsp, gi, gf, gg, go, zds, zdao, zdai, zdaf, zst = (
-        z[0], z[1], z[2], z[3], z[4], z[5], z[6], z[7], z[8], z[9], z[10],
+    zphi, zsp, gi, gf, gg, go, zds, zdao, zdai, zdaf, zst, zdm = (
+        z[0], z[1], z[2], z[3], z[4], z[5], z[6], z[7], z[8], z[9], z[10], z[11],
     )  # fmt: skip
     pi, pf, po = peep[0], peep[1], peep[2]
     dpi, dpf, dpo = dpeep[0], dpeep[1], dpeep[2]
     one = peep.dtype.type(1.0)
     dhf = dh.reshape(-1)
     dcf = dc.reshape(-1)
-    pk = prepare_pack(packed, N, nlive[0], H, GH, w_hh, H)
-    old_threads = step_threads(nlive[0], GH, H)
+    dm = zdm if proj else dhf  # δm_t: through the projection (P1), else δh_t itself
+    pk = prepare_pack(packed, N, nlive[0], P, GH, w_hh, P)
+    pkr = prepare_pack(packed if proj else PLAIN, N, nlive[0], H, P, w_hr, H)
+    old_threads = step_threads(nlive[0], GH, P)
     for t in range(T - 1, -1, -1):
         n = nlive[t]
         m = n * H
@@ -220,10 +238,10 @@ def lstm_backward(
             row = gates[pos, b]
             if t == 0:
                 copy(zsp, base, c0[b], 0, H)
-                copy(hprev[pos, b], 0, h0[b], 0, H)
+                copy(hprev[pos, b], 0, h0[b], 0, P)
             else:
                 copy(zsp, base, cs[pp, b], 0, H)
-                copy(hprev[pos, b], 0, out[pp, b], 0, H)
+                copy(hprev[pos, b], 0, out[pp, b], 0, P)
             copy(zst, base, cs[pos, b], 0, H)
             if has_i:
                 copy(gi, base, row, oi, H)
@@ -234,8 +252,12 @@ def lstm_backward(
                 copy(go, base, row, oo, H)
             dhj = dh[j]
             do = dout[pos, b]
-            for k in range(H):  # (B1) ∂L/∂h_t: from above and from step t + 1
+            for k in range(P):  # (B1) ∂L/∂h_t: from above and from step t + 1
                 dhj[k] += do[k]
+            if proj:
+                copy(dhs[pos, b], 0, dhj, 0, P)
+        if proj:  # (P1) δm_t = δh_t W_hr
+            step_gemm(pkr, packed, N, N, n, H, P, dh, P, w_hr, H, 0.0, zdm, H, si, sf)
         if not has_i:
             gi[:m] = one
         if coupled:
@@ -248,17 +270,25 @@ def lstm_backward(
         copy(zphi, 0, zst, 0, m)
         if act_out == 0:
             vtanh(zphi, m)  # φ_out(s_t), recomputed rather than stored
-        if has_o:  # (B2) δo = δh ⊙ φ_out(s_t) ⊙ o(1 − o)
+        if proj:  # m_t = o ⊙ φ_out(s_t), recomputed, kept for (P2)
+            for j in range(n):
+                b = perm[j]
+                pos = t if rev == 0 else lengths[b] - 1 - t
+                mr = ms[pos, b]
+                base = j * H
+                for k in range(H):
+                    mr[k] = go[base + k] * zphi[base + k]
+        if has_o:  # (B2) δo = δm ⊙ φ_out(s_t) ⊙ o(1 − o)
             for q in range(m):
-                zdao[q] = dhf[q] * zphi[q] * go[q] * (one - go[q])
+                zdao[q] = dm[q] * zphi[q] * go[q] * (one - go[q])
         else:
             zdao[:m] = 0.0
-        if act_out == 0:  # (B3) δs = δs_{t+1}-carry + δh ⊙ o ⊙ φ_out'(s_t) + δo ⊙ p_o
+        if act_out == 0:  # (B3) δs = δs_{t+1}-carry + δm ⊙ o ⊙ φ_out'(s_t) + δo ⊙ p_o
             for q in range(m):
-                zds[q] = dcf[q] + dhf[q] * go[q] * (one - zphi[q] * zphi[q])
+                zds[q] = dcf[q] + dm[q] * go[q] * (one - zphi[q] * zphi[q])
         else:
             for q in range(m):
-                zds[q] = dcf[q] + dhf[q] * go[q]
+                zds[q] = dcf[q] + dm[q] * go[q]
         for j in range(n):
             base = j * H
             for k in range(H):
@@ -309,7 +339,7 @@ def lstm_backward(
             b = perm[j]
             pos = t if rev == 0 else lengths[b] - 1 - t
             copy(dA[pos, b], 0, sr, 0, GH)
-        step_gemm(pk, packed, N, N, n, H, GH, dst, GH, w_hh, H, 0.0, dh, H, si, sf)  # (B9) δh_{t−1}
+        step_gemm(pk, packed, N, N, n, P, GH, dst, GH, w_hh, P, 0.0, dh, P, si, sf)  # (B9) δh_{t−1}
     restore_threads(old_threads)
 
 
@@ -325,7 +355,8 @@ class LSTMKernel:
         h0, c0 = state
         w = weights
         T, B, _ = x.shape
-        GH, H = w.w_hh.shape
+        GH, P = w.w_hh.shape
+        H = c0.shape[1]
         dtype = x.dtype
         order, bf16 = call.order, call.bf16
         x2 = x.reshape(T * B, -1)
@@ -333,7 +364,7 @@ class LSTMKernel:
         gx = input_products(x2, w.w_ih, bias, bf16).view(T, B, GH)  # all steps in one product
         h = order.sort(h0)
         c = order.sort(c0)
-        out = order.buffer(T, B, H, dtype=dtype)
+        out = order.buffer(T, B, P, dtype=dtype)
         cs = torch.empty(T, B, H, dtype=dtype)  # read only at live steps
         work = torch.empty(B, GH, dtype=dtype)
         z = torch.empty(5, B * H, dtype=dtype)
@@ -342,6 +373,7 @@ class LSTMKernel:
         lstm_forward(
             np_(gx),
             np_(w.w_hh),
+            np_(_projection(w.w_hr, dtype)),
             np_(_peepholes(w.peep, H, dtype)),
             np.asarray((*lstm_flags(call.cell), int(call.store)), np.int64),
             perm,
@@ -367,15 +399,19 @@ class LSTMKernel:
         gates, cs = saved
         order = call.order
         T, B, _ = x.shape
-        GH, H = w.w_hh.shape
+        GH, P = w.w_hh.shape
+        H = c0.shape[1]
+        proj = w.w_hr is not None
         dtype = x.dtype
         dh = order.sort(dfinal[0])
         dc = order.sort(dfinal[1])
         dA = order.buffer(T, B, GH, dtype=dtype)
-        hprev = order.buffer(T, B, H, dtype=dtype)
+        hprev = order.buffer(T, B, P, dtype=dtype)
+        dhs = order.buffer(T, B, P, dtype=dtype) if proj else torch.empty(1, 1, 1, dtype=dtype)
+        ms = order.buffer(T, B, H, dtype=dtype) if proj else torch.empty(1, 1, 1, dtype=dtype)
         dpeep = torch.zeros(3, H, dtype=dtype)
         dst = torch.empty(B, GH, dtype=dtype)
-        z = torch.empty(11, B * H, dtype=dtype)
+        z = torch.empty(12, B * H, dtype=dtype)
         si, sf = scratch(dtype)
         perm, lens, nlive = order.arrays()
         lstm_backward(
@@ -385,6 +421,7 @@ class LSTMKernel:
             np_(h0),
             np_(c0),
             np_(w.w_hh),
+            np_(_projection(w.w_hr, dtype)),
             np_(_peepholes(w.peep, H, dtype)),
             np.asarray(lstm_flags(call.cell), np.int64),
             perm,
@@ -397,6 +434,8 @@ class LSTMKernel:
             np_(dc),
             np_(dA),
             np_(hprev),
+            np_(dhs),
+            np_(ms),
             np_(dpeep),
             np_(dst),
             np_(z),
@@ -408,17 +447,26 @@ class LSTMKernel:
             dA, x, hprev, w.w_ih, (nx, nw.w_ih, nw.w_hh, nw.b_ih or nw.b_hh), call.bf16
         )
         dpeeps = {name: dpeep[_PEEP_ROW[name]] for name in w.peep}
+        dw_hr = None
+        if proj and nw.w_hr:  # (P2) δW_hr = Σ_t δh_tᵀ m_t, one product over all steps
+            dw_hr = matmul(dhs.view(T * B, P).t(), ms.view(T * B, H), call.bf16)
         grads = LayerWeights(
             dw_ih,
             dw_hh,
             db if nw.b_ih else None,
             (db.clone() if nw.b_ih else db) if nw.b_hh else None,  # no shared .grad
             dpeeps,
+            dw_hr,
         )
         return dx, (order.unsort(dh), order.unsort(dc)), grads
 
 
 _PEEP_ROW = {"ci": 0, "cf": 1, "co": 2}
+
+
+def _projection(w_hr: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """W_hr (P, H) for the kernels, or a dummy (1, 1) without a projection."""
+    return torch.zeros(1, 1, dtype=dtype) if w_hr is None else w_hr
 
 
 def _peepholes(peep: dict, H: int, dtype: torch.dtype) -> torch.Tensor:
