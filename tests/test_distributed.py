@@ -11,7 +11,7 @@ import torch
 
 from carousel.checkpoint import load_checkpoint
 from carousel.lm.model import RNNLM
-from carousel.train import load_lm
+from carousel.lm.train import load_lm
 
 # gradients are averaged over processes (2 partial sums instead of 1), so the runs agree to
 # float32 rounding, not bit for bit
@@ -95,7 +95,7 @@ def test_two_processes_match_one(tmp_path):
     for name in names:
         torch.testing.assert_close(t2[name], t1[name], atol=ATOL, rtol=RTOL)
     # the carried state of all 4 streams is gathered from both processes
-    for name in ("state.0", "state.1"):
+    for name in ("job.state.0", "job.state.1"):
         torch.testing.assert_close(t2[name], t1[name], atol=ATOL, rtol=RTOL)
     # and training moved the parameters well beyond the tolerance (the test can fail)
     _, vocab, cfg, _ = load_lm(tmp_path / "one")

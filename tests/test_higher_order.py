@@ -18,6 +18,7 @@ from torch.func import functional_call
 
 import carousel
 from carousel.kernels import common
+from helpers import FUSED_CELLS
 
 T, B, IN, H = 3, 2, 1, 2
 
@@ -50,7 +51,7 @@ def inputs(layer, batch=B, seed=0):
     return x, states
 
 
-CASES = list(itertools.product(carousel.CELLS, [False, True], [1, 2], [False, True]))
+CASES = list(itertools.product(FUSED_CELLS, [False, True], [1, 2], [False, True]))
 
 
 @pytest.mark.parametrize(

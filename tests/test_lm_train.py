@@ -196,7 +196,7 @@ RESUME_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
     from carousel.lm.config import LMConfig
-    from carousel.train import train_lm
+    from carousel.lm.train import train_lm
 
     data, run, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
     cfg = LMConfig(data=data, hidden_size=16, num_layers=2, dropout=0.3, bptt=10,

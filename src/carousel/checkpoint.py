@@ -1,9 +1,8 @@
 """Checkpoints: one safetensors file holding the tensors, with the JSON (config, vocabulary,
 step, data cursor, ...) and a sha256 of the tensors in its header metadata.
 
-Writing is atomic: the bytes go to a temporary file in the same folder, are fsynced, and the
-file is renamed over the old one (then the folder is fsynced), so a kill at any moment leaves
-either the previous checkpoint or the new one, never a mix.  Reading never unpickles
+Writing is atomic (:func:`carousel.io.atomic_write`), so a kill at any moment leaves either
+the previous checkpoint or the new one, never a mix.  Reading never unpickles
 anything: safetensors holds raw tensors and the rest is JSON.  A truncated file, a file that
 is not a carousel checkpoint, or one whose tensors were changed after writing raises
 ``ValueError`` with one line saying which.
@@ -19,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
+
+from carousel.io import atomic_write
 
 FORMAT = "carousel-checkpoint"
 VERSION = 1
@@ -42,30 +42,6 @@ def tensors_digest(tensors: Mapping[str, Tensor]) -> str:
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def save_checkpoint(
@@ -85,7 +61,7 @@ def save_checkpoint(
         "json": json.dumps(meta, sort_keys=True),
         "sha256": tensors_digest(flat),
     }
-    atomic_write_bytes(path, st_save(flat, metadata=header))
+    atomic_write(path, st_save(flat, metadata=header))
 
 
 def load_checkpoint(

@@ -43,17 +43,32 @@ def build_parser() -> argparse.ArgumentParser:
     tagging_cli.register(sub, jobs)
     handwriting_cli.register(sub, jobs)
     lag_cli.register(sub)
-    _subcommands(parser)["eval"].set_defaults(func=cmd_eval)
+    p = sub.add_parser("eval", help="a checkpoint's scores (of whichever job wrote it)")
+    p.add_argument("checkpoint", help="checkpoint file or run folder")
+    p.add_argument("--data", default=None, help="the data to score on (the job says which)")
+    p.add_argument("--batch-size", type=int, default=10, help="language models: streams")
+    p.add_argument("--bptt", type=int, default=None, help="language models: default the run's")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 
+#: the checkpoint's job ("kind") -> the command that evaluates it
+EVALUATORS = {
+    lm_cli.KIND: lm_cli.cmd_eval,
+    tagging_cli.KIND: tagging_cli.cmd_eval,
+}
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate a checkpoint of whichever job wrote it on ``--data``."""
+    """Evaluate a checkpoint with the evaluator of the job that wrote it."""
     kind = load_checkpoint(args.checkpoint)[1].get("kind")
-    if kind == tagging_cli.KIND:
-        print(tagging_cli.evaluate_file(args.checkpoint, args.data))
-        return 0
-    return lm_cli.cmd_eval(args)
+    if kind not in EVALUATORS:
+        raise ValueError(
+            f"{args.checkpoint} is a checkpoint of a {kind!r} job, which has no evaluation; "
+            f"evaluable: {', '.join(EVALUATORS)}"
+        )
+    return EVALUATORS[kind](args)
 
 
 DEFAULT_JOB = "lm"

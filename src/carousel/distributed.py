@@ -36,6 +36,20 @@ def rank() -> int:
     return dist.get_rank() if active() else 0
 
 
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def share(obj: object) -> object:
+    """Process 0's ``obj`` (a small JSON-like value, e.g. evaluation scores) on every
+    process (``obj`` itself when alone)."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def mean(value: Tensor) -> Tensor:
     """``value`` averaged over the processes (itself when alone)."""
     if not active():

@@ -1,63 +1,224 @@
-"""The training loop, and the parts any job can reuse.
+"""The one training loop: every job (``lm``, ``lag``, ``tagging``, ``handwriting``, ``ntm``)
+trains through :func:`fit`, and no other module calls ``optimizer.step()``.
 
-Reusable parts: :func:`make_optimizer` (torch.optim SGD or Adam), :func:`set_lr`,
-:func:`clip_gradients`, :class:`MetricsLog` (one JSON object a line in ``metrics.jsonl``),
-:func:`plot_metrics` (the PNG of training and validation curves), :class:`StopFlag` (Ctrl-C
-finishes the current step, then the loop saves and evaluates before leaving) and
-:class:`RunDir` (the files of a run); checkpoints are :mod:`carousel.checkpoint`.
+A job hands the loop four things and owns nothing else of training:
 
-:func:`train_lm` is the language-modelling loop: truncated BPTT over B streams with the
-state carried across batches, evaluation every epoch (and every ``eval_every`` steps),
-checkpoints that resume bit-identically (model, optimizer, carried state, data cursor and
-RNG states), a tqdm progress bar, and data-parallel training under torchrun.
+- a **model** (an ``nn.Module``);
+- a **job** object (:class:`Job`): a resumable stream of batches (``batches(epoch, start)``),
+  ``loss(model, batch)`` → (mean loss, items trained), ``evaluate(model)`` → scores, and
+  optionally the state it carries between batches (an LM's recurrent state), checkpointed
+  with the run;
+- its **settings**, a dataclass subclassing :class:`TrainSettings` (the loop's fields:
+  optimizer, learning-rate schedule, clipping, epochs, limits, logging and checkpoint
+  intervals, early stopping, seed, device, threads);
+- a **run folder** (:class:`Run`), locked for the life of the training.
+
+The loop owns everything around them: torch.optim, clipping, the progress display,
+``metrics.jsonl``, ``curves.png``, atomic checkpoints that resume bit-identically (model,
+optimizer, every RNG, data cursor, the job's carried state, the best model so far), Ctrl-C
+(finish the step, evaluate, save, exit 130), best-model selection and early stopping,
+``max_steps`` / ``max_minutes``, divergence (a NaN/inf loss or gradient, or a loss far above
+its first value, stops with one line and keeps the last good checkpoint) and data-parallel
+training under torchrun (DistributedDataParallel; the job shards its own stream).
+
+A job's entry point reads like this (see ``carousel.lm.train``)::
+
+    with open_run(folder, resume=resume) as run:
+        cfg = run.settings(LMConfig, cfg, overrides)      # a resumed run keeps its own
+        device = setup(cfg)                               # threads, device, torchrun, seed
+        model = RNNLM(...).to(device)
+        return fit(model, LMJob(...), cfg, run)
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import math
 import os
+import random
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from carousel import distributed as ddp
-from carousel.checkpoint import (
-    atomic_write_bytes,
-    flatten_state,
-    load_checkpoint,
-    save_checkpoint,
-    unflatten_state,
-)
-from carousel.config import config_from_dict, config_to_dict
-from carousel.data.batching import batchify, epoch_layout, get_batch, shard_columns
-from carousel.data.corpora import Corpus, Vocab, load_corpus
-from carousel.layers import State, detach_state
-from carousel.lm.config import ARCHITECTURE, RESUMABLE, LMConfig
-from carousel.lm.model import RNNLM
+from carousel.checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
+from carousel.config import check_at_least, config_from_dict, config_to_dict
+from carousel.io import atomic_write, pyplot, save_figure
 
 LOG2 = math.log(2)
+S = TypeVar("S", bound="TrainSettings")
 
 
 class TrainingDiverged(ValueError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss became NaN, infinite or far above its first value; the last good checkpoint
+    is kept."""
 
 
-# ---------------------------------------------------------------------------- reusable parts
+class RunInUse(ValueError):
+    """Another process is training in this run folder."""
+
+
+# ---------------------------------------------------------------------------- settings
 @dataclasses.dataclass(frozen=True)
-class RunDir:
-    """The files of a training run."""
+class TrainSettings:
+    """The settings the loop reads; every job's config subclasses this (and may change the
+    defaults).  Any field is a ``--field-name`` option of ``carousel train JOB``."""
 
-    root: Path
+    optimizer: str = "adam"  # "sgd" or "adam" (torch.optim)
+    lr: float = 1e-3
+    lr_decay: float = 1.0  # multiply the learning rate by this after each epoch ...
+    decay_after: int = 0  # ... once this many epochs are done
+    weight_decay: float = 0.0
+    clip: float = 5.0  # gradient-norm clipping; 0 turns it off
+    epochs: int = 1
+    max_steps: int | None = None  # stop after this many steps in all
+    max_minutes: float | None = None  # stop after this much training time
+    eval_every: int = 0  # steps between evaluations besides each epoch's end; 0: epochs only
+    log_every: int = 10  # steps between training rows of metrics.jsonl
+    checkpoint_every: int = 0  # steps between checkpoints besides each evaluation
+    patience: int = 0  # stop after this many evaluations without a better score; 0: never
+    max_loss_factor: float = 100.0  # divergence: a loss above this × the first one; 0: off
+    seed: int = 0
+    device: str = "cpu"  # "cpu", "cuda" or "auto"
+    threads: int | None = None  # torch intra-op threads (default: torch's choice)
+
+    #: settings a resumed run may change: how long and how often, not what is learnt
+    RESUMABLE: ClassVar[tuple[str, ...]] = (
+        "epochs",
+        "max_steps",
+        "max_minutes",
+        "eval_every",
+        "log_every",
+        "checkpoint_every",
+        "patience",
+        "threads",
+        "device",
+    )
+    #: settings that define the model's architecture (named as such in a refused resume)
+    ARCHITECTURE: ClassVar[tuple[str, ...]] = ()
+
+    def validate(self) -> None:
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam'; got {self.optimizer!r}")
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"device must be cpu, cuda or auto; got {self.device!r}")
+        check_at_least(self, 1, "epochs", "log_every", "max_steps", "threads")
+        check_at_least(self, 0, "eval_every", "checkpoint_every", "decay_after", "patience")
+        if self.lr <= 0 or self.lr_decay <= 0 or self.clip < 0 or self.weight_decay < 0:
+            raise ValueError("lr and lr_decay must be positive, clip and weight_decay not negative")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"max_minutes must be positive; got {self.max_minutes}")
+        if self.max_loss_factor < 0:
+            raise ValueError(f"max_loss_factor must be ≥ 0; got {self.max_loss_factor}")
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of epoch ``epoch`` (0-based): ``lr`` for the first
+        ``decay_after`` epochs (at least one), then multiplied by ``lr_decay`` once per epoch."""
+        return self.lr * self.lr_decay ** max(0, epoch + 1 - max(self.decay_after, 1))
+
+
+# ---------------------------------------------------------------------------- the job
+class Job:
+    """What a job hands the loop.  Subclass it and fill in ``batches``, ``loss`` and
+    ``evaluate``; the rest has defaults."""
+
+    kind: str = "job"  # the checkpoint's "kind"; `carousel eval` dispatches on it
+    metric: str = "loss"  # the score of `evaluate` that selects the best model
+    higher_is_better: bool = False
+    keep_best: bool = False  # end with the best-scoring weights (kept in the checkpoint too)
+    shards: bool = False  # whether `batches` splits the stream over data-parallel processes
+    unit: str = "nats"  # what the loss is measured in (metrics rows, the curves' axis)
+    item: str = "item"  # what `loss` counts (token, sequence, sentence): progress shows items/s
+
+    def batches(self, epoch: int, start: int) -> Iterator[Any]:
+        """The batches of epoch ``epoch`` from index ``start`` on (a resumed run starts
+        mid-epoch); the same (epoch, start) must give the same batches every time."""
+        raise NotImplementedError
+
+    def steps_in_epoch(self, epoch: int) -> int | None:
+        """How many batches epoch ``epoch`` has, if known (for the progress display)."""
+        return None
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[Tensor, int]:
+        """The mean loss of ``batch`` (to minimise) and the number of items it trained."""
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Scores of ``model`` (in eval mode) on held-out data; holds ``self.metric``."""
+        raise NotImplementedError
+
+    def wants_evaluation(self) -> bool:
+        """Asked after every step: evaluate now (e.g. the lag criterion's window is full)."""
+        return False
+
+    def finished(self, scores: dict[str, float]) -> str | None:
+        """Asked after every evaluation: a reason to stop (e.g. ``"solved"``), or None."""
+        return None
+
+    def describe(self, scores: dict[str, float]) -> str:
+        """An evaluation as one line of the log."""
+        return "  ".join(f"{k} {v:.4g}" for k, v in scores.items())
+
+    def describe_loss(self, loss: float) -> str:
+        """A training loss for the progress display."""
+        return f"loss {loss:.4g}"
+
+    def meta(self) -> dict[str, Any]:
+        """JSON the checkpoint keeps for this job (a vocabulary, the data's fingerprint)."""
+        return {}
+
+    def state(self) -> tuple[dict[str, Tensor], Any]:
+        """What the job carries between batches (called on every process; gather here)."""
+        return {}, None
+
+    def load_state(self, tensors: dict[str, Tensor], data: Any) -> None:
+        """Restore what :meth:`state` returned (this process's share of it)."""
+
+
+# ---------------------------------------------------------------------------- the run folder
+@dataclasses.dataclass
+class Cursor:
+    """Where a run stands: what a checkpoint holds besides tensors."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0  # next batch index within the epoch
+    elapsed: float = 0.0  # training seconds so far
+    seen: int = 0  # items trained (tokens, sequences), over all processes
+    best: float | None = None  # the best score of job.metric so far
+    best_step: int = -1
+    stale: int = 0  # evaluations since the best one (early stopping)
+    first_loss: float | None = None  # the run's first training loss (divergence test)
+    window_loss: float = 0.0  # sum of step losses since the last training row
+    window_steps: int = 0
+    stopped: str | None = None  # a final reason that no new limit undoes: solved, early stop
+
+
+class Run:
+    """A run folder: ``checkpoint.safetensors``, ``metrics.jsonl``, ``curves.png``.
+
+    While open (``with open_run(...)``) it holds an OS lock on ``.lock`` in the folder, so a
+    second training or ``--resume`` of the same folder is refused with one line naming the
+    process; the lock goes with the process, so a kill -9 leaves none behind.
+    """
+
+    def __init__(self, root: str | os.PathLike, resume: bool = False) -> None:
+        self.root = Path(root)
+        self.resuming = resume
+        self.tensors: dict[str, Tensor] = {}
+        self.meta: dict[str, Any] = {}
+        self._lock: int | None = None
+        self._made = False  # whether lock() created the folder
 
     @property
     def checkpoint(self) -> Path:
@@ -71,7 +232,418 @@ class RunDir:
     def curves(self) -> Path:
         return self.root / "curves.png"
 
+    def lock(self) -> None:
+        if os.environ.get("RANK", "0") != "0":  # under torchrun, process 0 holds the lock
+            return
+        if self.resuming and not self.root.is_dir():
+            raise ValueError(f"no run folder at {self.root}")
+        self._made = not self.root.exists()
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunInUse(
+                f"{self.root} is in use by another training (process {other}); "
+                "wait for it to end or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock = fd
 
+    def unlock(self) -> None:
+        """Release the lock; a folder this run created and left empty is removed."""
+        if self._lock is None:
+            return
+        lock = self.root / ".lock"
+        if self._made and [p.name for p in self.root.iterdir()] == [".lock"]:
+            lock.unlink()
+            self.root.rmdir()
+        os.close(self._lock)  # closing the descriptor releases the lock
+        self._lock = None
+
+    def settings(self, cls: type[S], cfg: S | None, overrides: dict[str, Any] | None = None) -> S:
+        """The run's settings: ``cfg`` for a new run; for a resumed one, the checkpoint's with
+        the command line's ``overrides``, which may touch only ``cls.RESUMABLE`` fields."""
+        if not self.resuming:
+            if cfg is None:
+                raise ValueError("a new run needs its settings")
+            return cfg
+        saved = config_from_dict(cls, self.meta["config"])
+        merged = config_from_dict(cls, overrides or {}, base=saved)
+        for f in dataclasses.fields(cls):
+            old, new = getattr(saved, f.name), getattr(merged, f.name)
+            if f.name not in cls.RESUMABLE and old != new:
+                what = "architecture" if f.name in cls.ARCHITECTURE else "setting"
+                raise ValueError(
+                    f"cannot resume {self.root} with {f.name}={new!r}: it was trained with "
+                    f"{old!r} ({what} change); start a new run with --out"
+                )
+        return merged
+
+
+@contextlib.contextmanager
+def open_run(root: str | os.PathLike, *, resume: bool, kind: str | None = None) -> Iterator[Run]:
+    """Lock run folder ``root`` for a training; with ``resume`` read its checkpoint (of job
+    ``kind``), else refuse a folder that already holds one."""
+    run = Run(root, resume)
+    run.lock()
+    try:
+        if resume:
+            run.tensors, run.meta = load_checkpoint(run.checkpoint, kind=kind)
+        elif run.checkpoint.exists():
+            raise ValueError(
+                f"{run.root} already holds a checkpoint; resume it with --resume "
+                f"{run.root} or choose another --out"
+            )
+        yield run
+    finally:
+        run.unlock()
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda was asked for but no CUDA device is available")
+    if name == "cuda" and ddp.world_size_from_env() > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(name)
+
+
+def setup(cfg: TrainSettings) -> torch.device:
+    """Threads, the device, the torchrun process group, and the seed of model initialisation
+    (the same on every process; :func:`fit` gives each process its own stream after that)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    ddp.init(device)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    return device
+
+
+# ---------------------------------------------------------------------------- the loop
+def fit(
+    model: nn.Module,
+    job: Job,
+    cfg: TrainSettings,
+    run: Run,
+    *,
+    progress: bool = True,
+    on_checkpoint: Callable[[int], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, Any]:
+    """Train ``model`` on ``job`` with settings ``cfg`` into ``run`` (new, or resumed).
+
+    Returns the final cursor with ``reason`` (``done``, ``max_steps``, ``max_minutes``,
+    ``early_stop`` or the job's own, e.g. ``solved``), the last ``scores`` and
+    ``valid_loss`` (the last evaluation's loss, NaN if it reports none).  With
+    ``job.keep_best`` the model ends with its best-scoring weights.  Raises
+    ``KeyboardInterrupt`` after saving when Ctrl-C stopped it, :class:`TrainingDiverged`
+    when the loss diverged.  ``on_checkpoint(step)`` runs after each checkpoint is on disk;
+    ``clock`` measures training time (tests inject one).
+    """
+    device = next(model.parameters()).device
+    rank, world = ddp.rank(), ddp.world_size()
+    main = rank == 0
+    if world > 1 and not job.shards:
+        raise ValueError(f"the {job.kind} job does not support data-parallel training")
+    optimizer = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay)
+    cursor, best = Cursor(), None
+    if run.resuming:
+        cursor, best = restore(run, model, optimizer, job, rank, device)
+    elif rank:
+        torch.manual_seed(cfg.seed + 7919 * rank)  # each process its own dropout masks
+    reason = _limit_reached(cursor, cfg, epoch_start=True)
+    if reason is not None:
+        if main:
+            print(f"{run.root}: finished ({reason} at step {cursor.step}); nothing to do")
+        return {
+            **dataclasses.asdict(cursor),
+            "reason": reason,
+            "scores": {},
+            "valid_loss": math.nan,
+        }
+
+    net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    log = MetricsLog(run.metrics, enabled=main)
+    if run.resuming:
+        log.truncate_after(cursor.step)
+    bar = Progress(_planned_steps(job, cfg), cursor.step, enabled=progress and main)
+    stop = StopFlag()
+    scores: dict[str, float] = {}
+    evaluated_at = saved_at = -1
+    net.train()
+    with stop.catching():
+        while reason is None:
+            reason = _limit_reached(cursor, cfg, epoch_start=True)
+            if reason is not None:
+                break
+            set_lr(optimizer, cfg.lr_at(cursor.epoch))
+            batches = job.batches(cursor.epoch, cursor.batch)
+            while reason is None:
+                reason = _limit_reached(cursor, cfg)
+                batch = next(batches, None) if reason is None else None
+                if batch is None:
+                    break
+                t0 = clock()
+                loss, items = job.loss(net, batch)
+                # one all-reduce: the mean loss, and whether any process was asked to stop
+                shared = ddp.mean(
+                    torch.stack([loss.detach().float(), loss.new_tensor(stop.requested)])
+                )
+                shown, stop.requested = float(shared[0]), bool(shared[1] > 0)
+                _check_loss(shown, cursor, cfg, run)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                _check_finite("gradient norm", clip_gradients(model, cfg.clip), cursor, run)
+                optimizer.step()
+                dt = clock() - t0
+                cursor.step += 1
+                cursor.batch += 1
+                cursor.elapsed += dt
+                cursor.seen += items * world
+                cursor.window_loss += shown
+                cursor.window_steps += 1
+                bar.update(f"{job.describe_loss(shown)} {items * world / dt:,.0f} {job.item}/s")
+                if cursor.step % cfg.log_every == 0:
+                    log.write(**_train_row(cursor, optimizer, job))
+                    cursor.window_loss, cursor.window_steps = 0.0, 0
+                due = bool(cfg.eval_every and cursor.step % cfg.eval_every == 0)
+                if due or job.wants_evaluation():
+                    scores, best = evaluate(model, job, cursor, cfg, log, bar, best)
+                    evaluated_at = cursor.step
+                    reason = cursor.stopped
+                if stop.requested:
+                    reason = "interrupted"
+                if reason is None and (
+                    evaluated_at == cursor.step or _every(cursor.step, cfg.checkpoint_every)
+                ):
+                    save(run, model, optimizer, job, cursor, cfg, best)
+                    saved_at = cursor.step
+                    if on_checkpoint is not None:
+                        on_checkpoint(cursor.step)
+            if reason is not None:
+                break
+            # the epoch is over: evaluate, move on, save
+            if evaluated_at != cursor.step:
+                scores, best = evaluate(model, job, cursor, cfg, log, bar, best)
+                evaluated_at = cursor.step
+            reason = cursor.stopped
+            cursor.epoch, cursor.batch = cursor.epoch + 1, 0
+            save(run, model, optimizer, job, cursor, cfg, best)
+            saved_at = cursor.step
+            if on_checkpoint is not None:
+                on_checkpoint(cursor.step)
+        if saved_at != cursor.step:  # stopped mid-epoch: evaluate and save where it stands
+            if evaluated_at != cursor.step:
+                scores, best = evaluate(model, job, cursor, cfg, log, bar, best)
+            save(run, model, optimizer, job, cursor, cfg, best)
+            if on_checkpoint is not None:
+                on_checkpoint(cursor.step)
+    bar.close()
+    ddp.barrier()
+    if job.keep_best and best is not None:
+        model.load_state_dict(best)
+    if reason == "interrupted":
+        raise KeyboardInterrupt
+    return {
+        **dataclasses.asdict(cursor),
+        "reason": reason or "done",
+        "scores": scores,
+        "valid_loss": scores.get("loss", math.nan),
+    }
+
+
+def _every(step: int, interval: int) -> bool:
+    return bool(interval) and step % interval == 0
+
+
+def _limit_reached(cursor: Cursor, cfg: TrainSettings, epoch_start: bool = False) -> str | None:
+    """Why the run must not take another step, or None."""
+    if cursor.stopped is not None:
+        return cursor.stopped
+    if epoch_start and cursor.epoch >= cfg.epochs:
+        return "done"
+    if cfg.max_steps is not None and cursor.step >= cfg.max_steps:
+        return "max_steps"
+    if cfg.max_minutes is not None and cursor.elapsed >= 60 * cfg.max_minutes:
+        return "max_minutes"
+    return None
+
+
+def _planned_steps(job: Job, cfg: TrainSettings) -> int | None:
+    per_epoch = job.steps_in_epoch(0)
+    planned = None if per_epoch is None else cfg.epochs * per_epoch
+    if cfg.max_steps is not None:
+        planned = cfg.max_steps if planned is None else min(planned, cfg.max_steps)
+    return planned
+
+
+def _check_finite(what: str, value: float, cursor: Cursor, run: Run) -> None:
+    if not math.isfinite(value):
+        _diverged(f"the {what} became {value}", cursor, run)
+
+
+def _check_loss(loss: float, cursor: Cursor, cfg: TrainSettings, run: Run) -> None:
+    _check_finite("loss", loss, cursor, run)
+    if cursor.first_loss is None:
+        cursor.first_loss = loss
+    elif cfg.max_loss_factor and loss > cfg.max_loss_factor * max(cursor.first_loss, 1e-12):
+        _diverged(
+            f"the loss reached {loss:.4g}, over {cfg.max_loss_factor:g}× its first value "
+            f"{cursor.first_loss:.4g}",
+            cursor,
+            run,
+        )
+
+
+def _diverged(what: str, cursor: Cursor, run: Run) -> None:
+    kept = (
+        f"the last good checkpoint is {run.checkpoint}"
+        if run.checkpoint.exists()
+        else "no checkpoint was written yet"
+    )
+    raise TrainingDiverged(
+        f"{what} at step {cursor.step + 1}; stopped ({kept}); try a lower --lr or --clip"
+    )
+
+
+def _train_row(cursor: Cursor, optimizer: torch.optim.Optimizer, job: Job) -> dict[str, Any]:
+    return {
+        "kind": "train",
+        "step": cursor.step,
+        "epoch": cursor.epoch,
+        "loss": cursor.window_loss / cursor.window_steps,
+        "lr": optimizer.param_groups[0]["lr"],
+        "seen": cursor.seen,
+        "unit": job.unit,
+        "time": round(cursor.elapsed, 3),
+    }
+
+
+def evaluate(
+    model: nn.Module,
+    job: Job,
+    cursor: Cursor,
+    cfg: TrainSettings,
+    log: MetricsLog,
+    bar: Progress,
+    best: dict[str, Tensor] | None,
+) -> tuple[dict[str, float], dict[str, Tensor] | None]:
+    """Evaluate on process 0 (every process gets the scores), log the row, track the best
+    score (and, with ``job.keep_best``, its weights) and early stopping; the job's or the
+    loop's reason to stop goes to ``cursor.stopped``.  Returns (scores, best weights)."""
+    scores: dict[str, float] = {}
+    if ddp.rank() == 0:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            scores = job.evaluate(model)
+        model.train(was_training)
+    scores = ddp.share(scores)
+    value = scores.get(job.metric)
+    if value is None:
+        raise ValueError(f"the {job.kind} job's evaluation holds no {job.metric!r} score")
+    log.write(
+        kind="valid",
+        step=cursor.step,
+        epoch=cursor.epoch,
+        **scores,
+        unit=job.unit,
+        time=round(cursor.elapsed, 3),
+    )
+    better = cursor.best is None or (
+        value > cursor.best if job.higher_is_better else value < cursor.best
+    )
+    if better:
+        cursor.best, cursor.best_step, cursor.stale = value, cursor.step, 0
+        if job.keep_best:
+            best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    else:
+        cursor.stale += 1
+    if ddp.rank() == 0:
+        bar.write(f"step {cursor.step} epoch {cursor.epoch + 1}: {job.describe(scores)}")
+    cursor.stopped = job.finished(scores)
+    if cursor.stopped is None and cfg.patience and cursor.stale >= cfg.patience:
+        cursor.stopped = "early_stop"
+    return scores, best
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def save(
+    run: Run,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    job: Job,
+    cursor: Cursor,
+    cfg: TrainSettings,
+    best: dict[str, Tensor] | None,
+) -> None:
+    """Write the run's checkpoint (collective under torchrun: every process calls it)."""
+    device = next(model.parameters()).device
+    job_tensors, job_data = job.state()
+    rngs = {"cpu": ddp.gather(torch.get_rng_state().unsqueeze(0), dim=0)}
+    if device.type == "cuda":
+        rngs["cuda"] = ddp.gather(torch.cuda.get_rng_state(device).unsqueeze(0), dim=0)
+    if ddp.rank() == 0:
+        out = {f"model.{k}": v for k, v in model.state_dict().items()}
+        out |= {f"best.{k}": v for k, v in (best or {}).items()}
+        out |= {f"job.{k}": v for k, v in job_tensors.items()}
+        out |= {f"rng.{d}.{r}": g[r] for d, g in rngs.items() for r in range(g.size(0))}
+        meta = {
+            **job.meta(),
+            "kind": job.kind,
+            "config": config_to_dict(cfg),
+            "cursor": dataclasses.asdict(cursor),
+            "optimizer": flatten_state("optim", optimizer.state_dict(), out),
+            "job_state": job_data,
+            "rng_python": _python_rng_json(),
+            "world_size": ddp.world_size(),
+            "torch": torch.__version__,
+        }
+        save_checkpoint(run.checkpoint, out, meta)
+    ddp.barrier()
+
+
+def restore(
+    run: Run,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    job: Job,
+    rank: int,
+    device: torch.device,
+) -> tuple[Cursor, dict[str, Tensor] | None]:
+    """Load a checkpoint into the model, optimizer, RNGs and job; return (cursor, best)."""
+    tensors, meta = run.tensors, run.meta
+    model.load_state_dict(part(tensors, "model"))
+    optimizer.load_state_dict(unflatten_state(meta["optimizer"], tensors))
+    torch.set_rng_state(tensors.get(f"rng.cpu.{rank}", tensors["rng.cpu.0"]))
+    if device.type == "cuda" and "rng.cuda.0" in tensors:
+        torch.cuda.set_rng_state(tensors.get(f"rng.cuda.{rank}", tensors["rng.cuda.0"]), device)
+    if meta.get("rng_python") is not None:
+        version, state, gauss = meta["rng_python"]
+        random.setstate((version, tuple(state), gauss))
+    job.load_state(part(tensors, "job"), meta.get("job_state"))
+    best = part(tensors, "best") or None
+    return Cursor(**meta["cursor"]), best
+
+
+def part(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The tensors stored under ``prefix.`` with the prefix taken off."""
+    n = len(prefix) + 1
+    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+def _python_rng_json() -> list:
+    version, state, gauss = random.getstate()
+    return [version, list(state), gauss]
+
+
+# ---------------------------------------------------------------------------- the parts
 def make_optimizer(
     params: Iterator[nn.Parameter], name: str, lr: float, weight_decay: float = 0.0
 ) -> torch.optim.Optimizer:
@@ -113,8 +685,7 @@ class MetricsLog:
         if not self.enabled or not self.path.exists():
             return
         rows = read_metrics(self.path)
-        keep = "".join(json.dumps(r) + "\n" for r in rows if r.get("step", 0) <= step)
-        atomic_write_bytes(self.path, keep.encode())
+        atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step))
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -129,15 +700,9 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def plot_metrics(run: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
-    """Write a PNG of a run's training and validation loss against steps; return its path."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    paths = RunDir(Path(run))
+    """Write a PNG of a run's training and validation loss against steps (and, beside it,
+    any other validation scores such as accuracy); return its path.  Works for every job."""
+    paths = Run(run)
     if not paths.metrics.is_file():
         raise ValueError(f"{run} holds no metrics.jsonl (is it a training run's folder?)")
     rows = read_metrics(paths.metrics)
@@ -145,30 +710,38 @@ def plot_metrics(run: str | os.PathLike, out: str | os.PathLike | None = None) -
     valid = [r for r in rows if r.get("kind") == "valid"]
     if not train and not valid:
         raise ValueError(f"{paths.metrics} holds no training or validation rows yet")
-    unit = (rows[0].get("unit") if rows else None) or "nats/token"
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    unit = (rows[0].get("unit") if rows else None) or "nats"
+    plain = {"kind", "step", "epoch", "loss", "unit", "time", "lr", "seen"}
+    others = sorted({k for r in valid for k, v in r.items() if k not in plain and _number(v)})
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2 if others else 1, figsize=(12 if others else 7, 4.5), dpi=100)
+    ax = axes[0] if others else axes
     if train:
         ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="training", lw=1)
-    if valid:
-        ax.plot(
-            [r["step"] for r in valid], [r["loss"] for r in valid], "o-", label="validation", lw=2
-        )
-    ax.set_xlabel("step")
-    ax.set_ylabel(f"loss ({unit})")
-    ax.set_title(f"carousel: {Path(run).name}")
+    scored = [r for r in valid if "loss" in r]
+    if scored:
+        steps, losses = [r["step"] for r in scored], [r["loss"] for r in scored]
+        ax.plot(steps, losses, "o-", label="validation", lw=2)
+    ax.set(xlabel="step", ylabel=f"loss ({unit})", title=f"carousel: {Path(run).name}")
     ax.grid(alpha=0.3)
     ax.legend()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
-    target = Path(out) if out else paths.curves
-    atomic_write_bytes(target, buf.getvalue())
-    return target
+    if others:
+        for key in others:
+            points = [(r["step"], r[key]) for r in valid if _number(r.get(key))]
+            axes[1].plot(*zip(*points), "o-", label=key)
+        axes[1].set(xlabel="step", title="validation scores")
+        axes[1].grid(alpha=0.3)
+        axes[1].legend()
+    return save_figure(fig, Path(out) if out else paths.curves)
+
+
+def _number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 class StopFlag:
     """While active, Ctrl-C (SIGINT) sets ``requested`` instead of raising, so the loop can
-    finish its step, save and evaluate; a second Ctrl-C raises as usual."""
+    finish its step, evaluate and save; a second Ctrl-C raises as usual."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -191,348 +764,51 @@ class StopFlag:
         self.requested = True
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda was asked for but no CUDA device is available")
-    if name == "cuda" and ddp.world_size_from_env() > 1:
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device(name)
+class Progress:
+    """On a terminal, a tqdm bar; otherwise (CI, nohup, a log file) a plain line on stderr
+    every ``every`` seconds.  Evaluation lines go to stdout either way."""
 
-
-# ---------------------------------------------------------------------------- language model
-def autocast(device: torch.device, precision: str) -> torch.autocast:
-    """The forward pass's precision: ``"bf16"`` runs the matrix products in bfloat16 under
-    ``torch.autocast`` (the loss, softmax and recurrent state stay float32)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def evaluate(
-    model: nn.Module,
-    ids: Tensor,
-    batch_size: int,
-    bptt: int,
-    max_tokens: int | None = None,
-    precision: str = "float32",
-) -> float:
-    """Mean loss in nats per token of ``model`` over ``ids`` (1-D), read as ``batch_size``
-    streams with the state carried across windows of ``bptt`` steps, in ``precision``."""
-    if max_tokens is not None:
-        ids = ids[:max_tokens]
-    batch_size = max(1, min(batch_size, ids.numel() // 2))
-    streams = batchify(ids, batch_size)  # (N, B)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total, count, state = 0.0, 0, None
-    with torch.no_grad():
-        for start, length in epoch_layout(streams.size(0), bptt):
-            x, y = get_batch(streams, start, length)
-            with autocast(device, precision):
-                loss, state = model(x.to(device), state, targets=y.to(device))
-            total += float(loss) * y.numel()
-            count += y.numel()
-    model.train(was_training)
-    return total / count
-
-
-def describe_loss(loss: float, level: str) -> str:
-    if level == "char":
-        return f"{loss:.4f} nats ({loss / LOG2:.4f} bits/char)"
-    return f"{loss:.4f} nats (perplexity {math.exp(min(loss, 700)):.2f})"
-
-
-def load_lm(path: str | os.PathLike) -> tuple[RNNLM, Vocab, LMConfig, dict]:
-    """The model, vocabulary, settings and metadata of a language-model checkpoint."""
-    tensors, meta = load_checkpoint(path, kind="lm")
-    cfg = config_from_dict(LMConfig, meta["config"])
-    vocab = Vocab.from_json(meta["vocab"])
-    model = RNNLM(len(vocab), cfg)
-    state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"{path}: the model's tensors do not fit its config ({err})") from err
-    return model, vocab, cfg, {"tensors": tensors, **meta}
-
-
-@dataclasses.dataclass
-class _Cursor:
-    """Where a run stands: what a checkpoint must hold besides tensors."""
-
-    step: int = 0
-    epoch: int = 0
-    batch: int = 0  # next batch index within the epoch
-    elapsed: float = 0.0  # training seconds so far
-    best_valid: float | None = None
-    window_loss: float = 0.0  # sum of step losses since the last training row
-    window_steps: int = 0
-    tokens: int = 0  # training tokens (targets) seen, over all processes
-
-
-def _check_resume(saved: LMConfig, wanted: dict[str, Any], run: Path) -> LMConfig:
-    """``saved`` with the command line's overrides, which may only touch RESUMABLE fields."""
-    merged = config_from_dict(LMConfig, wanted, base=saved)
-    for f in dataclasses.fields(LMConfig):
-        old, new = getattr(saved, f.name), getattr(merged, f.name)
-        if f.name not in RESUMABLE and old != new:
-            what = "architecture" if f.name in ARCHITECTURE else "setting"
-            raise ValueError(
-                f"cannot resume {run} with {f.name}={new!r}: it was trained with {old!r} "
-                f"({what} change); start a new run with --out"
+    def __init__(self, total: int | None, initial: int, enabled: bool, every: float = 10.0) -> None:
+        self.enabled = enabled
+        self.tty = enabled and sys.stderr.isatty()
+        self.step, self.total, self.every = initial, total, every
+        self.last = time.monotonic()
+        self.bar = None
+        if self.tty:
+            self.bar = tqdm(
+                total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr
             )
-    return merged
+
+    def update(self, text: str) -> None:
+        self.step += 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=False)
+            self.bar.update(1)
+        elif self.enabled and time.monotonic() - self.last >= self.every:
+            self.last = time.monotonic()
+            of = f"/{self.total}" if self.total else ""
+            print(f"step {self.step}{of}  {text}", file=sys.stderr, flush=True)
+
+    def write(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
-def train_lm(
-    cfg: LMConfig | None,
-    run: str | os.PathLike,
-    *,
-    resume: bool = False,
-    overrides: dict[str, Any] | None = None,
-    progress: bool = True,
-    on_checkpoint: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
-    """Train a language model into folder ``run`` (new), or continue the run there.
-
-    Args:
-        cfg: the settings of a new run (ignored when resuming).
-        resume: continue from ``run/checkpoint.safetensors`` with its own settings;
-            ``overrides`` may change only how long and how often (``RESUMABLE``).
-        on_checkpoint: called with the step after each checkpoint is on disk.
-
-    Returns the last cursor and the last validation loss, as a dict.
-    """
-    paths = RunDir(Path(run))
-    tensors: dict[str, Tensor] = {}
-    meta: dict[str, Any] = {}
-    if resume:
-        tensors, meta = load_checkpoint(paths.checkpoint, kind="lm")
-        cfg = _check_resume(config_from_dict(LMConfig, meta["config"]), overrides or {}, paths.root)
-    else:
-        assert cfg is not None
-        if paths.checkpoint.exists():
-            raise ValueError(
-                f"{paths.root} already holds a checkpoint; resume it with --resume "
-                f"{paths.root} or choose another --out"
-            )
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
-    rank, world = ddp.init(device)
-    main = rank == 0
-    corpus: Corpus = load_corpus(cfg.data, cfg.level, cfg.valid_data, cfg.valid_fraction)
-    if resume:
-        if corpus.vocab != Vocab.from_json(meta["vocab"]):
-            raise ValueError(
-                f"vocabulary mismatch: {cfg.data} now gives {len(corpus.vocab)} "
-                f"{cfg.level}s but {paths.root} was trained on {len(meta['vocab']['tokens'])}"
-            )
-        if corpus.fingerprint() != meta["data_sha256"]:
-            raise ValueError(f"the training data {cfg.data} changed since {paths.root} was trained")
-
-    torch.manual_seed(cfg.seed)
-    model = RNNLM(len(corpus.vocab), cfg).to(device)
-    optimizer = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay)
-    cursor = _Cursor()
-    state: State | None = None
-    if resume:
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        optimizer.load_state_dict(unflatten_state(meta["optimizer"], tensors))
-        cursor = _Cursor(**meta["cursor"])
-        torch.set_rng_state(tensors.get(f"rng.cpu.{rank}", tensors["rng.cpu.0"]))
-        if device.type == "cuda" and "rng.cuda.0" in tensors:
-            torch.cuda.set_rng_state(tensors.get(f"rng.cuda.{rank}", tensors["rng.cuda.0"]), device)
-        carried = [tensors[f"state.{i}"] for i in range(meta["state_parts"])]
-        if carried:
-            per = carried[0].size(1) // world
-            parts = tuple(s[:, rank * per : (rank + 1) * per].to(device) for s in carried)
-            state = parts[0] if len(parts) == 1 else parts
-    elif rank:
-        torch.manual_seed(cfg.seed + 7919 * rank)  # each process its own dropout masks
-    net: nn.Module = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(model)
-
-    paths.root.mkdir(parents=True, exist_ok=True)
-    log = MetricsLog(paths.metrics, enabled=main)
-    if resume:
-        log.truncate_after(cursor.step)
-    unit = f"nats/{cfg.level}"
-    streams = shard_columns(batchify(corpus.train, cfg.batch_size), rank, world).to(device)
-    layouts = {}
-
-    def layout(epoch: int) -> list[tuple[int, int]]:
-        if epoch not in layouts:
-            layouts[epoch] = epoch_layout(
-                streams.size(0), cfg.bptt, cfg.random_bptt, cfg.seed, epoch
-            )
-        return layouts[epoch]
-
-    per_epoch = len(layout(0))
-    planned = cfg.epochs * per_epoch
-    if cfg.max_steps is not None:
-        planned = min(planned, cfg.max_steps)
-
-    last_saved = [-1]
-
-    def diverged(what: str, value: float) -> None:
-        kept = (
-            f"the last good checkpoint is {paths.checkpoint}"
-            if paths.checkpoint.exists()
-            else "no checkpoint was written yet"
-        )
-        raise TrainingDiverged(
-            f"the {what} became {value} at step {cursor.step + 1}; stopped ({kept}); "
-            "try a lower --lr or --clip"
-        )
-
-    def save() -> None:
-        last_saved[0] = cursor.step
-        carried = () if state is None else ((state,) if isinstance(state, Tensor) else state)
-        full = [ddp.gather(s.detach(), dim=1) for s in carried]  # each (L, B, H)
-        rngs = {"cpu": ddp.gather(torch.get_rng_state().unsqueeze(0), dim=0)}
-        if device.type == "cuda":
-            rngs["cuda"] = ddp.gather(torch.cuda.get_rng_state(device).unsqueeze(0), dim=0)
-        if main:
-            out = {f"model.{k}": v for k, v in model.state_dict().items()}
-            out |= {f"state.{i}": s for i, s in enumerate(full)}
-            out |= {f"rng.{d}.{r}": g[r] for d, g in rngs.items() for r in range(g.size(0))}
-            optim_json = flatten_state("optim", optimizer.state_dict(), out)
-            save_checkpoint(
-                paths.checkpoint,
-                out,
-                {
-                    "kind": "lm",
-                    "config": config_to_dict(cfg),
-                    "vocab": corpus.vocab.to_json(),
-                    "data_sha256": corpus.fingerprint(),
-                    "cursor": dataclasses.asdict(cursor),
-                    "optimizer": optim_json,
-                    "state_parts": len(full),
-                    "world_size": world,
-                    "torch": torch.__version__,
-                },
-            )
-        ddp.barrier()
-        if on_checkpoint is not None:
-            on_checkpoint(cursor.step)
-
-    last_eval = [-1]
-
-    def validate() -> float:
-        last_eval[0] = cursor.step
-        loss = math.nan
-        if main:
-            loss = evaluate(
-                model, corpus.valid, cfg.eval_batch_size, cfg.bptt, cfg.valid_tokens, cfg.precision
-            )
-            log.write(
-                kind="valid",
-                step=cursor.step,
-                epoch=cursor.epoch,
-                loss=loss,
-                unit=unit,
-                time=round(cursor.elapsed, 3),
-            )
-            if cursor.best_valid is None or loss < cursor.best_valid:
-                cursor.best_valid = loss
-            bar.write(
-                f"step {cursor.step} epoch {cursor.epoch + 1}: validation loss "
-                f"{describe_loss(loss, cfg.level)}"
-            )
-        ddp.barrier()
-        return loss
-
-    bar = tqdm(
-        total=planned,
-        initial=min(cursor.step, planned),
-        unit="step",
-        dynamic_ncols=True,
-        disable=not (progress and main),
-        file=sys.stderr,
-    )
-    stop = StopFlag()
-    last_valid = math.nan
-    reason = "done"
-    net.train()
-    with stop.catching():
-        while cursor.epoch < cfg.epochs:
-            set_lr(optimizer, cfg.lr_at(cursor.epoch))
-            batches = layout(cursor.epoch)
-            while cursor.batch < len(batches):
-                if cfg.max_steps is not None and cursor.step >= cfg.max_steps:
-                    reason = "max_steps"
-                    break
-                if cfg.max_minutes is not None and cursor.elapsed >= 60 * cfg.max_minutes:
-                    reason = "max_minutes"
-                    break
-                t0 = time.perf_counter()
-                x, y = get_batch(streams, *batches[cursor.batch])
-                state = detach_state(state)
-                with autocast(device, cfg.precision):
-                    loss, state = net(x, state, targets=y)  # mean nats per token
-                # one all-reduce: the mean loss, and whether any process was asked to stop
-                shared = ddp.mean(torch.stack([loss.detach(), loss.new_tensor(stop.requested)]))
-                shown, stop.requested = float(shared[0]), bool(shared[1] > 0)
-                if not math.isfinite(shown):
-                    diverged("loss", shown)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                norm = clip_gradients(model, cfg.clip)
-                if not math.isfinite(norm):
-                    diverged("gradient norm", norm)
-                optimizer.step()
-                cursor.step += 1
-                cursor.batch += 1
-                dt = time.perf_counter() - t0
-                cursor.elapsed += dt
-                cursor.window_loss += shown
-                cursor.window_steps += 1
-                cursor.tokens += y.numel() * world
-                value = shown / LOG2 if cfg.level == "char" else math.exp(min(shown, 700))
-                bar.set_postfix_str(
-                    f"loss {shown:.3f} {'bpc' if cfg.level == 'char' else 'ppl'} {value:.3g} "
-                    f"{x.numel() * world / dt:,.0f} tok/s",
-                    refresh=False,
-                )
-                bar.update(1)
-                if cursor.step % cfg.log_every == 0:
-                    log.write(
-                        kind="train",
-                        step=cursor.step,
-                        epoch=cursor.epoch,
-                        loss=cursor.window_loss / cursor.window_steps,
-                        lr=optimizer.param_groups[0]["lr"],
-                        tokens=cursor.tokens,
-                        unit=unit,
-                        time=round(cursor.elapsed, 3),
-                    )
-                    cursor.window_loss, cursor.window_steps = 0.0, 0
-                evaluated = False
-                if cfg.eval_every and cursor.step % cfg.eval_every == 0:
-                    last_valid = validate()
-                    evaluated = True
-                if stop.requested:
-                    reason = "interrupted"
-                    break
-                if evaluated or (cfg.checkpoint_every and cursor.step % cfg.checkpoint_every == 0):
-                    save()
-            if reason != "done":
-                break
-            if last_eval[0] != cursor.step:
-                last_valid = validate()
-            cursor.epoch += 1
-            cursor.batch = 0
-            state = None
-            save()
-        if reason != "done" and last_saved[0] != cursor.step:
-            if last_eval[0] != cursor.step:
-                last_valid = validate()
-            save()
-    bar.close()
-    ddp.barrier()
-    if reason == "interrupted":
-        raise KeyboardInterrupt
-    return {**dataclasses.asdict(cursor), "valid_loss": last_valid, "reason": reason}
+__all__ = [
+    "Cursor",
+    "Job",
+    "Run",
+    "RunInUse",
+    "TrainSettings",
+    "TrainingDiverged",
+    "fit",
+    "open_run",
+    "plot_metrics",
+    "setup",
+]

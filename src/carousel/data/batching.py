@@ -1,5 +1,8 @@
-"""Batches for truncated backpropagation through time, as in the TensorFlow PTB tutorial and
-the PyTorch word-language-model example.
+"""Batches: windows of token streams for truncated backpropagation through time (language
+models), and batches of whole variable-length sequences (tagging, handwriting).
+
+**Truncated BPTT**, as in the TensorFlow PTB tutorial and the PyTorch word-language-model
+example.
 
 The token stream is cut into B contiguous streams (the tail that does not fill a row is
 dropped), laid side by side as the columns of an (N, B) tensor.  Batch k is the next
@@ -24,12 +27,20 @@ run resumes at (epoch, batch index) exactly.
 
 In data-parallel training rank r of W takes columns ``r·B/W … (r+1)·B/W − 1``: the same
 global batch, split by streams.
+
+**Whole sequences** of different lengths (sentences, pen trajectories): :func:`length_batches`
+groups indices of similar length so a batch pads only to its own longest sequence, and
+:func:`pad_batch` lays a batch of (T_b, F) arrays out as (T, B, F) with their lengths, for
+the layers' ``lengths=``.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
+import numpy as np
+import torch
 from torch import Tensor
 
 
@@ -77,3 +88,25 @@ def shard_columns(streams: Tensor, rank: int, world: int) -> Tensor:
         raise ValueError(f"batch_size {B} must be a multiple of the {world} processes")
     per = B // world
     return streams[:, rank * per : (rank + 1) * per]
+
+
+def length_batches(
+    lengths: Sequence[int], batch_size: int, rng: random.Random | None = None
+) -> list[list[int]]:
+    """Indices cut into batches of similar lengths: sorted by length (ties broken at random
+    when ``rng`` is given), cut every ``batch_size``, batch order shuffled by ``rng``."""
+    keys = [(n, rng.random() if rng else 0.0, i) for i, n in enumerate(lengths)]
+    order = [i for _, _, i in sorted(keys)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if rng is not None:
+        rng.shuffle(batches)
+    return batches
+
+
+def pad_batch(features: Sequence[np.ndarray]) -> tuple[Tensor, Tensor]:
+    """(T, B, F) zero-padded features of B sequences, each (T_b, F), and their lengths (B,)."""
+    lengths = torch.tensor([len(f) for f in features])
+    x = torch.zeros(int(lengths.max()), len(features), features[0].shape[1])
+    for b, f in enumerate(features):
+        x[: len(f), b] = torch.from_numpy(f)
+    return x, lengths

@@ -19,15 +19,63 @@ from __future__ import annotations
 
 import importlib
 import warnings
-from types import ModuleType
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
 
-from carousel.cells import CellOptions
+from carousel.cells import FAMILIES, CellOptions
 
-_FAMILIES = {"lstm": "lstm", "gru": "gru", "rnn": "rnn"}
-_modules: dict[str, ModuleType] = {}
+if TYPE_CHECKING:  # carousel.backends imports this module
+    from carousel.backends import LayerWeights
+    from carousel.kernels.common import Call
+
+
+class Kernel(Protocol):
+    """A family's fused kernel: forward and hand-derived backward through time of one
+    direction of one layer, on plain tensors without autograd.  The shared autograd of
+    :mod:`carousel.kernels.common` (:func:`~carousel.kernels.common.run_sequence`) wraps it:
+    first-order gradients from ``backward``, exact higher-order gradients from the reference
+    twin, torch.func (setup_context, vmap rules).  Shapes: x (T, B, I), a state tensor per
+    name in ``cell.state_names`` (B, ·), output (T, B, ·)."""
+
+    #: tensors ``forward`` saves for ``backward`` besides the inputs and outputs, each (T, B, ·)
+    n_saved: int
+
+    def forward(
+        self, call: Call, x: Tensor, state: tuple[Tensor, ...], weights: LayerWeights
+    ) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...]]:
+        """(output, final state, saved); ``call`` carries the cell, the batch order (lengths),
+        the direction, bfloat16 and whether to keep what the backward needs."""
+
+    def backward(
+        self,
+        call: Call,
+        x: Tensor,
+        state: tuple[Tensor, ...],
+        weights: LayerWeights,
+        output: Tensor,
+        final: tuple[Tensor, ...],
+        saved: tuple[Tensor, ...],
+        dout: Tensor,
+        dfinal: tuple[Tensor, ...],
+        needs: tuple,
+    ) -> tuple[Tensor | None, tuple[Tensor | None, ...], LayerWeights]:
+        """(dx, dstate, dweights) for the gradients ``needs`` asks for (bools in the
+        structure of (x, state, weights)), None elsewhere."""
+
+
+class KernelModule(Protocol):
+    """What a family's fused kernel module provides (named by its record in
+    :data:`carousel.cells.FAMILIES`); :mod:`carousel.kernels.lstm` is the model.
+
+    The module opens with its family's backward derivation, and its code follows it."""
+
+    #: the family's :class:`Kernel`
+    KERNEL: Kernel
+
+
+_modules: dict[str, KernelModule] = {}
 _failure: str | None = None
 _loaded = False
 
@@ -43,8 +91,9 @@ def _load() -> None:
     try:
         if DISABLED:
             raise ImportError("carousel.kernels.DISABLED is set")
-        for family, name in _FAMILIES.items():
-            _modules[family] = importlib.import_module(f"carousel.kernels.{name}")
+        for family in FAMILIES.values():
+            if family.kernel is not None:
+                _modules[family.name] = importlib.import_module(family.kernel)
     except (ImportError, OSError, AttributeError) as err:
         _modules.clear()
         _failure = f"{type(err).__name__}: {err}"
@@ -69,12 +118,10 @@ def failure() -> str | None:
 
 
 def supports(cell: CellOptions, x: Tensor) -> bool:
-    """CPU float32/float64 for every registered family, when the kernels loaded."""
+    """CPU float32/float64 for every registered family with a kernel, when they loaded."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return False
-    if cell.family not in _FAMILIES:
-        return False
-    return available()
+    return available() and cell.family in _modules
 
 
 def fused_sequence(cell, x, state, weights, lengths, reverse):

@@ -1,4 +1,5 @@
-"""The language-modelling commands: ``carousel train [lm]``, ``eval``, ``sample`` and ``plot``.
+"""The language-modelling commands: ``carousel train [lm]``, ``sample``, ``plot`` and the
+language model's ``carousel eval``.
 
 ``lm`` is the default job of ``carousel train`` (see :mod:`carousel.cli`), so
 ``carousel train --preset char-small`` and ``carousel train lm --preset char-small`` are the
@@ -14,11 +15,13 @@ from pathlib import Path
 
 from carousel.config import add_config_arguments, overrides_from_args, resolve_config
 from carousel.lm.config import LMConfig
+from carousel.lm.train import KIND
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from carousel import distributed as ddp
-    from carousel.train import describe_loss, plot_metrics, train_lm
+    from carousel.lm.train import describe_loss, train_lm
+    from carousel.train import plot_metrics
 
     overrides = overrides_from_args(args)
     if args.resume:
@@ -31,7 +34,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run = Path(args.out or Path("runs") / Path(args.preset or "lm").stem)
         summary = train_lm(cfg, run, progress=args.progress)
     if ddp.rank() == 0:
-        from carousel.train import load_lm
+        from carousel.lm.train import load_lm
 
         level = load_lm(run / "checkpoint.safetensors")[2].level
         loss = summary["valid_loss"]
@@ -53,10 +56,14 @@ def _threads(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """``carousel eval`` of a language model: its loss on ``--data``."""
     from carousel.data.corpora import read_text
-    from carousel.train import LOG2, evaluate, load_lm
+    from carousel.lm.train import evaluate, load_lm
+    from carousel.train import LOG2
 
     _threads(args)
+    if args.data is None:
+        raise ValueError("evaluating a language model needs --data FILE")
     model, vocab, cfg, _ = load_lm(args.checkpoint)
     text = read_text(args.data)
     tokens = text if vocab.level == "char" else vocab.split(text)
@@ -81,7 +88,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from carousel.lm.sample import generate, top_continuations
-    from carousel.train import load_lm
+    from carousel.lm.train import load_lm
 
     _threads(args)
     model, vocab, _, _ = load_lm(args.checkpoint)
@@ -118,8 +125,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction, jobs: argparse._SubParsersAction) -> None:
-    """Add the ``lm`` job to ``carousel train`` and ``eval``, ``sample``, ``plot`` to
-    ``carousel``."""
+    """Add the ``lm`` job to ``carousel train`` and ``sample``, ``plot`` to ``carousel``."""
     p = jobs.add_parser("lm", help="a language model of characters or words (the default)")
     p.add_argument("--preset", help="preset name (zaremba-small, char-small, ...) or TOML file")
     p.add_argument("--out", help="run folder to create (default runs/PRESET)")
@@ -127,16 +133,6 @@ def register(sub: argparse._SubParsersAction, jobs: argparse._SubParsersAction) 
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_config_arguments(p, LMConfig)
     p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser(
-        "eval", help="a checkpoint's score on a data file (LM loss, tagger accuracy)"
-    )
-    p.add_argument("checkpoint", help="checkpoint file or run folder")
-    p.add_argument("--data", required=True, help="UTF-8 text (characters) or token file (words)")
-    p.add_argument("--batch-size", type=int, default=10)
-    p.add_argument("--bptt", type=int, default=None, help="default: the training run's")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("sample", help="generate text from a checkpoint, streamed")
     p.add_argument("checkpoint", help="checkpoint file or run folder")
@@ -159,3 +155,6 @@ def register(sub: argparse._SubParsersAction, jobs: argparse._SubParsersAction) 
     p.add_argument("run", help="run folder (holds metrics.jsonl)")
     p.add_argument("--out", default=None, help="PNG path (default RUN/curves.png)")
     p.set_defaults(func=cmd_plot)
+
+
+__all__ = ["KIND", "cmd_eval", "cmd_plot", "cmd_sample", "cmd_train", "register"]

@@ -68,6 +68,14 @@ def evaluate_file(path: str | Path, data: str | Path) -> str:
     )
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``carousel eval`` of a tagger: its scores on ``--data``."""
+    if args.data is None:
+        raise ValueError("evaluating a tagger needs --data FILE (CoNLL-U or CoNLL-2000)")
+    print(evaluate_file(args.checkpoint, args.data))
+    return 0
+
+
 def cmd_tag(args: argparse.Namespace) -> int:
     model, vocab, _ = load_tagger(args.checkpoint)
     print(tag_text(model, vocab, sys.stdin.read()), end="")

@@ -1,0 +1,253 @@
+"""The shared training loop on a toy job: clipping, the schedule, early stopping, the
+divergence stop, max_minutes with an injected clock, best-model selection, the run folder's
+lock, resuming a finished run, and logs without a terminal."""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+from carousel.checkpoint import load_checkpoint
+from carousel.train import (
+    Job,
+    RunInUse,
+    TrainingDiverged,
+    TrainSettings,
+    clip_gradients,
+    fit,
+    open_run,
+    read_metrics,
+    setup,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyConfig(TrainSettings):
+    n: int = 32  # examples
+    batch_size: int = 8
+
+
+class ToyJob(Job):
+    """Regression of y = 3x on fixed data; evaluation scores a list of values in turn when
+    ``scripted`` is given (to drive early stopping and best-model selection)."""
+
+    kind = "toy"
+
+    def __init__(self, cfg: ToyConfig, scripted: list[float] | None = None) -> None:
+        gen = torch.Generator().manual_seed(1)
+        self.x = torch.randn(cfg.n, 1, generator=gen)
+        self.y = 3 * self.x
+        self.cfg, self.scripted, self.evaluations = cfg, scripted, 0
+
+    def steps_in_epoch(self, epoch):
+        return self.cfg.n // self.cfg.batch_size
+
+    def batches(self, epoch, start):
+        order = torch.randperm(self.cfg.n, generator=torch.Generator().manual_seed(epoch))
+        for k in range(start, self.steps_in_epoch(epoch)):
+            rows = order[k * self.cfg.batch_size : (k + 1) * self.cfg.batch_size]
+            yield self.x[rows], self.y[rows]
+
+    def loss(self, model, batch):
+        x, y = batch
+        return nn.functional.mse_loss(model(x), y), len(x)
+
+    def evaluate(self, model):
+        self.evaluations += 1
+        if self.scripted is not None:
+            return {"loss": self.scripted[self.evaluations - 1]}
+        return {"loss": float(nn.functional.mse_loss(model(self.x), self.y))}
+
+
+def _fit(tmp_path, cfg, job=None, resume=False, **kw):
+    with open_run(tmp_path / "run", resume=resume, kind="toy") as run:
+        cfg = run.settings(ToyConfig, cfg, kw.pop("overrides", None))
+        setup(cfg)
+        model = nn.Linear(1, 1)
+        return model, fit(model, job or ToyJob(cfg), cfg, run, progress=False, **kw)
+
+
+def test_a_toy_job_learns_and_logs(tmp_path):
+    cfg = ToyConfig(lr=0.1, epochs=20, log_every=2)
+    model, out = _fit(tmp_path, cfg)
+    assert out["reason"] == "done" and out["step"] == 80 and out["seen"] == 640
+    assert abs(model.weight.item() - 3) < 0.05
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in rows if r["kind"] == "valid"] == list(range(4, 81, 4))
+    assert rows[-1]["loss"] < 1e-2 and (tmp_path / "run" / "checkpoint.safetensors").exists()
+
+
+def test_clip_gradients_caps_the_norm_and_reports_it():
+    model = nn.Linear(3, 1)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 10.0)
+    before = clip_gradients(model, 1.0)
+    assert before == pytest.approx(20.0)  # four entries of 10
+    after = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
+    assert float(after) == pytest.approx(1.0, rel=1e-5)
+    assert clip_gradients(model, 0) == pytest.approx(1.0, rel=1e-5)  # 0: measured, not clipped
+
+
+def test_the_learning_rate_schedule_decays_per_epoch(tmp_path):
+    cfg = ToyConfig(lr=0.1, lr_decay=0.5, decay_after=2, epochs=4, log_every=4)
+    _fit(tmp_path, cfg)
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["lr"] for r in rows] == [0.1, 0.1, 0.05, 0.025]
+
+
+def test_early_stopping_and_the_best_model(tmp_path):
+    cfg = ToyConfig(lr=0.1, epochs=10, patience=2)
+
+    class Best(ToyJob):
+        keep_best = True
+
+    job = Best(cfg, scripted=[5.0, 3.0, 4.0, 6.0, 1.0])
+    model, out = _fit(tmp_path, cfg, job)
+    assert out["reason"] == "early_stop" and out["epoch"] == 4 and out["best_step"] == 8
+    tensors, meta = load_checkpoint(tmp_path / "run")
+    assert meta["cursor"]["stopped"] == "early_stop"
+    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+    assert torch.equal(model.weight, best["weight"])  # the model ends at its best weights
+    assert not torch.equal(tensors["model.weight"], best["weight"])
+
+
+def test_a_nan_loss_stops_with_one_clear_error_keeping_the_last_checkpoint(tmp_path):
+    cfg = ToyConfig(lr=0.01, epochs=3, checkpoint_every=1)
+
+    class Breaks(ToyJob):
+        def loss(self, model, batch):
+            loss, n = super().loss(model, batch)
+            return (loss * math.nan if self.calls_left() else loss), n
+
+        calls = 0
+
+        def calls_left(self):
+            self.calls += 1
+            return self.calls > 6
+
+    with pytest.raises(TrainingDiverged, match="loss became nan at step 7") as err:
+        _fit(tmp_path, cfg, Breaks(cfg))
+    assert "last good checkpoint" in str(err.value)
+    assert load_checkpoint(tmp_path / "run")[1]["cursor"]["step"] == 6
+
+
+def test_a_loss_far_above_its_start_is_divergence(tmp_path):
+    cfg = ToyConfig(lr=10.0, clip=0.0, epochs=50, optimizer="sgd")
+    with pytest.raises(TrainingDiverged, match="over 100× its first value"):
+        _fit(tmp_path, cfg)
+
+
+def test_max_minutes_uses_training_time(tmp_path):
+    ticks = iter(range(10_000))
+    cfg = ToyConfig(epochs=100, max_minutes=0.5)  # 30 s; the clock says each step takes 5 s
+    _, out = _fit(tmp_path, cfg, clock=lambda: 5 * next(ticks))
+    assert out["reason"] == "max_minutes" and out["step"] == 6 and out["elapsed"] == 30
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path, capsys):
+    _fit(tmp_path, ToyConfig(epochs=2))
+    run = tmp_path / "run"
+
+    def files():  # the lock file is the run's own bookkeeping: it names the process holding it
+        return {
+            p.name: (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in run.iterdir()
+            if p.name != ".lock"
+        }
+
+    before = files()
+    _, out = _fit(tmp_path, None, resume=True)
+    assert (
+        out["reason"] == "done"
+        and "finished (done at step 8); nothing to do" in capsys.readouterr().out
+    )
+    assert files() == before
+    _, out = _fit(tmp_path, None, resume=True, overrides={"epochs": 3})  # a longer run goes on
+    assert out["step"] == 12
+
+
+def test_resume_refuses_a_changed_setting(tmp_path):
+    _fit(tmp_path, ToyConfig(epochs=1))
+    with pytest.raises(ValueError, match=r"cannot resume .* with lr=0.5"):
+        _fit(tmp_path, None, resume=True, overrides={"lr": 0.5})
+
+
+def test_a_run_folder_in_use_is_refused(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import fcntl, os, sys, time
+                fd = os.open({str(run / ".lock")!r}, os.O_RDWR | os.O_CREAT)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                os.write(fd, b"%d\\n" % os.getpid())
+                print("locked", flush=True)
+                time.sleep(60)
+                """
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(
+            RunInUse, match=f"in use by another training \\(process {holder.pid}\\)"
+        ):
+            _fit(tmp_path, ToyConfig())
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]  # nothing else written
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    _fit(tmp_path, ToyConfig())  # a killed holder leaves no stale lock
+
+
+def test_the_lock_is_held_while_training(tmp_path):
+    seen = []
+
+    def probe(step):
+        fd = os.open(tmp_path / "run" / ".lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            seen.append("free")
+        except BlockingIOError:
+            seen.append("held")
+        finally:
+            os.close(fd)
+
+    # flock locks belong to the open file description, so a second open in the same
+    # process conflicts with the loop's lock just as another process would
+    _fit(tmp_path, ToyConfig(epochs=2), on_checkpoint=probe)
+    assert seen == ["held", "held"]
+
+
+def test_without_a_terminal_progress_is_a_plain_line(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from test_loop import ToyConfig, ToyJob
+        from carousel.train import Progress
+        p = Progress(total=3, initial=0, enabled=True, every=0.0)
+        for _ in range(3):
+            p.update("loss 1.0")
+        p.close()
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [f"step {k}/3  loss 1.0" for k in (1, 2, 3)]
