@@ -2,7 +2,15 @@
 
 One compiled kernel per direction of the time loop serves every variant: the switches are
 runtime integers, so numba compiles it once per dtype.  The equations and their δ recursions
-are in ``docs/bptt.md``; the comments ``(F1)…(F7)`` and ``(B1)…(B10)`` point at its lines.
+are in ``docs/bptt.md``; the comments ``(F1)…(F8)``, ``(B1)…(B10)``, ``(P1)``, ``(P2)`` point
+at its lines.
+
+The projection (``proj_size`` P > 0, Sak et al. 2014), in the cells' symbols (s the internal
+state, m_t = o ⊙ φ_out(s_t)), adds one GEMM per step each way and one product after the walk:
+
+    (F8)  h_t = W_hr m_t                   W_hr (P, H); h_t, h_{t−1} and W_hh's columns have P
+    (P1)  δm_t = δh_t W_hr                 takes δh_t's place in (B2) and (B3)
+    (P2)  δW_hr = Σ_t δh_tᵀ m_t            over all steps, from δh_t and m_t kept in the walk
 
 Structure: the input's share of every gate for all steps is one product (torch, MKL) before
 the loop; per step the kernel does one MKL GEMM over the live rows (the recurrent product) and
