@@ -104,6 +104,23 @@ def test_the_learning_rate_schedule_decays_per_epoch(tmp_path):
     assert [r["lr"] for r in rows] == [0.1, 0.1, 0.05, 0.025]
 
 
+def test_the_cosine_schedule_is_torchs_cosine_annealing_stepped_per_epoch(tmp_path):
+    cfg = ToyConfig(lr=0.1, lr_schedule="cosine", epochs=5, log_every=4)
+    optimizer = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=cfg.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    torch_lrs = []
+    for _ in range(cfg.epochs):
+        torch_lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert [cfg.lr_at(e) for e in range(5)] == pytest.approx(torch_lrs, rel=1e-12)
+    _fit(tmp_path, cfg)
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["lr"] for r in rows] == [cfg.lr_at(e) for e in range(5)]
+    with pytest.raises(ValueError, match="lr_schedule must be"):
+        ToyConfig(lr_schedule="linear").validate()
+
+
 def test_early_stopping_and_the_best_model(tmp_path):
     cfg = ToyConfig(lr=0.1, epochs=10, patience=2)
 
@@ -251,3 +268,18 @@ def test_without_a_terminal_progress_is_a_plain_line(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines() == [f"step {k}/3  loss 1.0" for k in (1, 2, 3)]
+
+
+def test_the_job_is_asked_after_every_step_even_when_an_evaluation_is_due(tmp_path):
+    cfg = ToyConfig(epochs=2, eval_every=1)
+
+    class Asks(ToyJob):
+        asked = 0
+
+        def wants_evaluation(self):
+            self.asked += 1
+            return False
+
+    job = Asks(cfg)
+    _, out = _fit(tmp_path, cfg, job)
+    assert out["step"] == 8 and job.asked == 8 and job.evaluations == 8

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from carousel.cells import CellOptions
+from carousel.errors import ArgumentError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +62,7 @@ def reference_sequence(
     weights: LayerWeights,
     lengths: Tensor | None,
     reverse: bool,
+    record: dict[str, Tensor] | None = None,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """Run ``cell``'s reference step over a whole sequence; autograd gives BPTT.
 
@@ -71,6 +73,10 @@ def reference_sequence(
         lengths: (B,) int64 on x's device with values in 1..T, or ``None`` if all are T.
             Steps past a sequence's length leave its state unchanged and output zeros.
         reverse: run from each sequence's last real step back to its first.
+        record: a dict to fill with every value the steps computed, each (T, B, H) in the
+            input's time order: the gates of :meth:`CellOptions.step_with_gates`, the
+            internal state ``"s"`` (LSTM cells' c) and the output ``"h"``; zero past a
+            sequence's length.
 
     Returns:
         output (T, B, H) (P with a projection) in the input's time order, and the final state
@@ -84,17 +90,31 @@ def reference_sequence(
         live = (torch.arange(T, device=x.device).unsqueeze(1) < lengths).unsqueeze(2)  # (T, B, 1)
     outputs = []
     extra = {} if weights.w_hr is None else {"w_hr": weights.w_hr}  # the LSTM's projection
+    steps: list[dict[str, Tensor]] = []
     for t in range(T):
-        new = cell.step(gx[t], state, weights.w_hh, weights.b_hh, weights.peep, **extra)
+        if record is None:
+            new = cell.step(gx[t], state, weights.w_hh, weights.b_hh, weights.peep, **extra)
+        else:
+            new, gates = cell.step_with_gates(
+                gx[t], state, weights.w_hh, weights.b_hh, weights.peep, **extra
+            )
+            names = ("h", "s")[: len(new)]  # the state (h, c) is recorded as h and s
+            steps.append(gates | dict(zip(names, new)))
         if lengths is None:
             state = new
             outputs.append(new[0])
         else:
             state = tuple(torch.where(live[t], n, o) for n, o in zip(new, state))
             outputs.append(torch.where(live[t], new[0], 0.0))
+            if record is not None:
+                steps[-1] = {k: torch.where(live[t], v, 0.0) for k, v in steps[-1].items()}
     output = torch.stack(outputs)  # (T, B, H)
     if reverse:
         output = reverse_padded(output, lengths)
+    if record is not None:
+        for name in steps[0]:
+            values = torch.stack([step[name] for step in steps])  # (T, B, H)
+            record[name] = reverse_padded(values, lengths) if reverse else values
     return output, state
 
 
@@ -131,7 +151,7 @@ def backend_names() -> tuple[str, ...]:
 
 def check_backend(name: str) -> None:
     if name not in backend_names():
-        raise ValueError(f"backend must be one of {', '.join(backend_names())}; got {name!r}")
+        raise ArgumentError(f"backend must be one of {', '.join(backend_names())}; got {name!r}")
 
 
 def select_backend(name: str, cell: CellOptions, x: Tensor) -> Backend:
@@ -143,7 +163,7 @@ def select_backend(name: str, cell: CellOptions, x: Tensor) -> Backend:
         backend = BACKENDS[name]
         if not backend.supports(cell, x):
             why = backend.unavailable()
-            raise ValueError(
+            raise ArgumentError(
                 f"backend {name!r} cannot run cell family {cell.family!r} on "
                 f"{x.device.type} {x.dtype}{f' ({why})' if why else ''}; "
                 "use backend='auto' or 'reference'"

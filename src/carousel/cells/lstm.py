@@ -25,15 +25,20 @@ recurrent weights read h_{t−1} (G·H, P), and c keeps H units.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from carousel.cells.base import ACTIVATIONS, CellOptions, check_choice
+from carousel.errors import ArgumentError
 
 INPUT_ACTIVATIONS = ("tanh", "sigmoid", "identity")
 OUTPUT_ACTIVATIONS = ("tanh", "identity")
+#: the options that set a gate's initial bias, and the gate block each one sets
+GATE_BIASES = {"forget_bias": "f", "input_gate_bias": "i", "output_gate_bias": "o"}
+GATE_NAMES = {"i": "an input gate", "f": "a forget gate", "o": "an output gate"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +56,8 @@ class LSTMOptions(CellOptions):
             ``bias_hh`` f block starts at 0); ``None`` keeps torch's uniform initialisation.
         proj_size: P, the units of the projected output h_t = W_hr m_t (0: no projection);
             a layer needs 0 < P < hidden_size.
+        input_gate_bias, output_gate_bias: the same for the input and output gates (the
+            1997 paper's remedy for internal state drift starts them negative, e.g. −2).
     """
 
     family = "lstm"
@@ -65,6 +72,8 @@ class LSTMOptions(CellOptions):
     output_activation: str = "tanh"
     forget_bias: float | None = None
     proj_size: int = 0
+    input_gate_bias: float | None = None
+    output_gate_bias: float | None = None
 
     def gates(self) -> tuple[str, ...]:
         blocks = []
@@ -87,55 +96,68 @@ class LSTMOptions(CellOptions):
         for name in ("forget_gate", "input_gate", "output_gate", "peepholes", "coupled"):
             value = getattr(self, name)
             if not isinstance(value, bool):
-                raise ValueError(f"{name} must be True or False; got {value!r}")
+                raise ArgumentError(f"{name} must be True or False; got {value!r}")
         if (
             not isinstance(self.proj_size, int)
             or isinstance(self.proj_size, bool)
             or self.proj_size < 0
         ):
-            raise ValueError(
+            raise ArgumentError(
                 "proj_size should be a positive integer or zero to disable projections; "
                 f"got {self.proj_size!r}"
             )
         check_choice("input_activation", self.input_activation, INPUT_ACTIVATIONS)
         check_choice("output_activation", self.output_activation, OUTPUT_ACTIVATIONS)
         if self.coupled and not self.input_gate:
-            raise ValueError("coupled=True (f = 1 − i) needs input_gate=True; got input_gate=False")
+            raise ArgumentError(
+                "coupled=True (f = 1 − i) needs input_gate=True; got input_gate=False"
+            )
         if self.coupled and not self.forget_gate:
-            raise ValueError(
+            raise ArgumentError(
                 "coupled=True makes the forget gate 1 − i, so it needs forget_gate=True; "
                 "got forget_gate=False"
             )
         if self.peepholes and not self.peephole_names():
-            raise ValueError("peepholes=True needs at least one gate; this variant has none")
-        if self.forget_bias is not None:
-            if "f" not in self.gates():
-                raise ValueError(
-                    "forget_bias needs a forget gate with its own weights; this variant has "
+            raise ArgumentError("peepholes=True needs at least one gate; this variant has none")
+        for name, gate in GATE_BIASES.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise ArgumentError(f"{name} must be a number or None; got {value!r}")
+            if not math.isfinite(value):
+                raise ArgumentError(f"{name} must be a finite number; got {value}")
+            if gate not in self.gates():
+                raise ArgumentError(
+                    f"{name} needs {GATE_NAMES[gate]} with its own weights; this variant has "
                     f"blocks {'/'.join(self.gates())}"
                 )
-            if not isinstance(self.forget_bias, int | float) or isinstance(self.forget_bias, bool):
-                raise ValueError(f"forget_bias must be a number or None; got {self.forget_bias!r}")
 
     def needs_bias(self) -> bool:
-        return self.forget_bias is not None
+        return any(getattr(self, name) is not None for name in GATE_BIASES)
 
     def init_bias(self, bias_ih: Tensor, bias_hh: Tensor, hidden_size: int) -> None:
-        if self.forget_bias is None:
-            return
-        f = self.gates().index("f")
-        block = slice(f * hidden_size, (f + 1) * hidden_size)
-        bias_ih[block] = float(self.forget_bias)
-        bias_hh[block] = 0.0
+        for name, gate in GATE_BIASES.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            k = self.gates().index(gate)
+            block = slice(k * hidden_size, (k + 1) * hidden_size)
+            bias_ih[block] = float(value)
+            bias_hh[block] = 0.0
 
     def step(self, gx, state, w_hh, b_hh, peep, w_hr=None):
+        return self.step_with_gates(gx, state, w_hh, b_hh, peep, w_hr)[0]
+
+    def step_with_gates(self, gx, state, w_hh, b_hh, peep, w_hr=None):
         h, s = state
         if (w_hr is None) != (self.proj_size == 0):
-            raise ValueError(
+            raise ArgumentError(
                 f"proj_size={self.proj_size} needs the projection weight_hr exactly when it "
                 f"is positive; got {'none' if w_hr is None else tuple(w_hr.shape)}"
             )
-        return lstm_step(gx, h, s, w_hh, b_hh, peep, self, w_hr)
+        h, s, gates = lstm_step_with_gates(gx, h, s, w_hh, b_hh, peep, self, w_hr)
+        return (h, s), gates
 
 
 def lstm_step(
@@ -153,6 +175,23 @@ def lstm_step(
     gx = W_ih x_t + b_ih is (B, G·H); h is (B, P) with a projection w_hr (P, H), else (B, H);
     s is (B, H); returns (h_t, s_t).
     """
+    h, s, _ = lstm_step_with_gates(gx, h, s, w_hh, b_hh, peep, opt, w_hr)
+    return h, s
+
+
+def lstm_step_with_gates(
+    gx: Tensor,
+    h: Tensor,
+    s: Tensor,
+    w_hh: Tensor,
+    b_hh: Tensor | None,
+    peep: dict[str, Tensor],
+    opt: LSTMOptions,
+    w_hr: Tensor | None = None,
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """:func:`lstm_step` and its gate values: (h_t, s_t, {"i", "f", "g", "o": (B, H)}), the
+    gates the variant computes (a removed gate, fixed at 1, is left out; CIFG's f = 1 − i is in).
+    """
     a = dict(zip(opt.gates(), (gx + F.linear(h, w_hh, b_hh)).chunk(opt.num_gates, dim=1)))
     g = ACTIVATIONS[opt.input_activation](a["g"])
     i = torch.sigmoid(a["i"] + peep["ci"] * s if "ci" in peep else a["i"]) if "i" in a else 1.0
@@ -166,4 +205,5 @@ def lstm_step(
     o = torch.sigmoid(a["o"] + peep["co"] * s if "co" in peep else a["o"]) if "o" in a else 1.0
     m = o * ACTIVATIONS[opt.output_activation](s)
     h = m if w_hr is None else F.linear(m, w_hr)  # the projection h_t = W_hr m_t
-    return h, s
+    gates = {name: v for name, v in (("i", i), ("f", f), ("g", g), ("o", o)) if torch.is_tensor(v)}
+    return h, s, gates
