@@ -64,7 +64,9 @@ def test_every_variant_one_argument_away(variant):
 def test_state_of_the_wrong_size_names_p():
     layer = carousel.LSTM(3, 5, proj_size=2)
     h0, c0 = torch.zeros(1, 4, 5), torch.zeros(1, 4, 5)
-    with pytest.raises(ValueError, match=r"h0 of shape \(1, 4, 2\) \(L·D, B, P\)"):
+    with pytest.raises(
+        ValueError, match=r"size \(1, 4, 2\), got \[1, 4, 5\] \(h0 is \(L·D, B, P\)\)"
+    ):
         layer(torch.randn(6, 4, 3), (h0, c0))
 
 
