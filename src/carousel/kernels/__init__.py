@@ -7,7 +7,8 @@ once per call (``cblas_sgemm_pack``) for float32 batches of equal lengths — an
 exp/tanh; see :mod:`carousel.kernels._mkl`.  Per-step products below 4M multiply-adds run on
 one MKL thread (waking the second costs more than it saves), unless the weight matrix is 2 MB
 or more (then two cores each stream half of it).  Under CPU bfloat16 autocast the products
-take bfloat16 operands and accumulate in float32.  The derivation is ``docs/bptt.md``.
+take bfloat16 operands and accumulate in float32.  Each family's derivation opens its
+module; ``docs/bptt.md`` has what they share.
 
 Nothing is imported or compiled until a layer first asks: :func:`available` loads the kernels
 on first use.  Where they cannot load (numba missing or broken, a torch without MKL), it

@@ -183,7 +183,7 @@ def flat_weight_grads(
     With ``bf16`` the products take bfloat16 operands and accumulate in float32.
     """
     T, B, GH = dA.shape
-    dA2 = dA.view(T * B, GH)  # (B10) of docs/bptt.md: one product each, over all steps
+    dA2 = dA.view(T * B, GH)  # (B10) of docs/bptt.md (GB7, RB4): one product each, over all steps
     db = dA2.sum(0) if needs[3] else None
     x2, h2 = x.reshape(T * B, -1), hprev.view(T * B, -1)
     if bf16:  # round each operand once, not once per product

@@ -137,7 +137,7 @@ def gru_backward(
     si,
     sf,
 ):
-    """The backward time loop (docs/bptt.md, GRU).
+    """The backward time loop: (GB1)–(GB6) of the module docstring.
 
     gates, ghn, out: saved by :func:`gru_forward`; h0 (B, H) batch order.  dout (T, B, H).
     dh (B, H): in ∂L/∂h_n, out ∂L/∂h_0, kernel order.  dax, dah (T, B, 3H) zeros: gradients of

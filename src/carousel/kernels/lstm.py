@@ -1,22 +1,67 @@
 """Fused forward and hand-derived backward through time for the whole LSTM family.
 
 One compiled kernel per direction of the time loop serves every variant: the switches are
-runtime integers, so numba compiles it once per dtype.  The equations and their δ recursions
-are in ``docs/bptt.md``; the comments ``(F1)…(F8)``, ``(B1)…(B10)``, ``(P1)``, ``(P2)`` point
-at its lines.
+runtime integers, so numba compiles it once per dtype.  The derivation follows; the code below
+carries its tags ``(F1)…(F8)``, ``(B1)…(B9)``, ``(P1)``, ``(P2)`` and ``(B10)``
+(``docs/bptt.md`` has the parts
+every family shares: notation, the products over all steps (B10), lengths, bfloat16).
+⊙ is the elementwise product, σ the logistic function, δv = ∂L/∂v, all vectors (B, H) rows.
 
-The projection (``proj_size`` P > 0, Sak et al. 2014), in the cells' symbols (s the internal
-state, m_t = o ⊙ φ_out(s_t)), adds one GEMM per step each way and one product after the walk:
+Forward, at step t (the pre-activations a are split into the blocks a_i, a_f, a_g, a_o the
+variant has, stacked i, f, g, o as in `torch.nn.LSTM`):
 
-    (F8)  h_t = W_hr m_t                   W_hr (P, H); h_t, h_{t−1} and W_hh's columns have P
-    (P1)  δm_t = δh_t W_hr                 takes δh_t's place in (B2) and (B3)
-    (P2)  δW_hr = Σ_t δh_tᵀ m_t            over all steps, from δh_t and m_t kept in the walk
+    (F1)  a   = W_ih x_t + b_ih + W_hh h_{t−1} + b_hh
+    (F2)  i   = σ(a_i + p_i ⊙ s_{t−1})                   1 without input gate
+    (F3)  f   = σ(a_f + p_f ⊙ s_{t−1})                   1 without forget gate; 1 − i if coupled
+    (F4)  g   = φ_in(a_g)                                 tanh, sigmoid or identity
+    (F5)  s_t = f ⊙ s_{t−1} + i ⊙ g                      the constant error carousel
+    (F6)  o   = σ(a_o + p_o ⊙ s_t)                       1 without output gate
+    (F7)  m_t = o ⊙ φ_out(s_t)                            φ_out tanh or identity
+    (F8)  h_t = W_hr m_t   with a projection (proj_size P), else h_t = m_t
+
+The projection (Sak et al. 2014, ``torch.nn.LSTM(proj_size=P)``): W_hr is (P, H), so h_t and
+the output have P units, the recurrent product of (F1) reads them (W_hh is (G·H, P)) and the
+state s_t keeps H; (F8) is a second GEMM per step, (n_t, H) × (H, P).
+
+The peephole weights p_i, p_f, p_o are zero where a variant has none, so one code path serves
+every variant; a missing gate is a vector of ones. The forward pass keeps i, f, g, o (in place
+of gx), s_t and h_t; φ_out(s_t) is recomputed in the backward pass.
+
+Backward. Walk t = T−1 … 0 carrying two gradients from step t + 1: δh_t^rec = ∂L/∂h_t
+through the recurrent product of step t + 1, and δs_t^carry = ∂L/∂s_t through step t + 1's
+state update and peepholes (both start at the gradients of the final state, δh_n and δs_n;
+torch.nn calls s_n c_n).
+
+    (B1)  δh_t  = ∂L/∂y_t + δh_t^rec
+    (P1)  δm_t  = δh_t W_hr          with a projection (one GEMM per step), else δm_t = δh_t
+    (B2)  δa_o  = δm_t ⊙ φ_out(s_t) ⊙ o(1 − o)                          0 without output gate
+    (B3)  δs_t  = δs_t^carry + δm_t ⊙ o ⊙ φ_out'(s_t) + δa_o ⊙ p_o
+    (B4)  δa_g  = δs_t ⊙ i ⊙ φ_in'(a_g)          φ_in' = 1 − g², g(1 − g) or 1, from g itself
+    (B5)  δa_i  = δs_t ⊙ g ⊙ i(1 − i)                                     0 without input gate
+          coupled (f = 1 − i, so ∂s_t/∂i = g − s_{t−1}):
+          δa_i  = δs_t ⊙ (g − s_{t−1}) ⊙ i(1 − i)
+    (B6)  δa_f  = δs_t ⊙ s_{t−1} ⊙ f(1 − f)                  0 without a forget gate of its own
+    (B7)  δs_{t−1}^carry = δs_t ⊙ f + δa_i ⊙ p_i + δa_f ⊙ p_f
+    (B8)  δp_i += Σ_b δa_i ⊙ s_{t−1},   δp_f += Σ_b δa_f ⊙ s_{t−1},   δp_o += Σ_b δa_o ⊙ s_t
+    (B9)  δh_{t−1}^rec = δA_t W_hh,      δA_t = (δa_i, δa_f, δa_g, δa_o)   one GEMM per step
+
+φ_out'(s) = 1 − φ_out(s)² for tanh and 1 for identity. After the loop δh_{−1}^rec and
+δs_{−1}^carry are δh_0 and δs_0, and (B10) gives the rest. With a projection the walk also
+keeps each step's δh_t and m_t = o ⊙ φ_out(s_t) (recomputed), and
+
+    (P2)  δW_hr = Σ_{t,b} δh_tᵀ m_t                 one product over all steps, (P, T·B)(T·B, H)
+
+while H_prev in (B10) holds the projected h_{t−1} (T·B, P).
+
+Why (B3) and (B7) look as they do: s_t reaches the loss through h_t (F7) — directly and through
+the output gate's peephole (F6) — and through step t + 1, where it is s_{t−1} of (F2), (F3)
+and (F5); that last route is δs_t^carry, which (B7) computes one step earlier in the walk.
 
 Structure: the input's share of every gate for all steps is one product (torch, MKL) before
 the loop; per step the kernel does one MKL GEMM over the live rows (the recurrent product) and
 one fused elementwise pass with vectorised exp/tanh.  The backward kernel produces the gates'
-pre-activation gradients dA for all steps; dx, dW_ih, dW_hh and the biases are then one
-product each over all steps.
+pre-activation gradients δA for all steps; (B10) — δX, δW_ih, δW_hh and the biases — is then
+one product each over all steps.
 
 Shapes follow the legend in :mod:`carousel`: T, B, I, H, G.
 """
@@ -205,7 +250,7 @@ def lstm_backward(
     gates, cs, out, h0, c0, w_hh, w_hr, peep, flags, perm, lengths, nlive, rev, packed,
     dout, dh, dc, dA, hprev, dhs, ms, dpeep, dst, z, si, sf,
 ):  # fmt: skip
-    """The backward time loop: the δ recursions of docs/bptt.md.
+    """The backward time loop: the δ recursions (B1)–(B9) of the module docstring.
 
     gates, cs, out: saved by :func:`lstm_forward`; h0 (B, P), c0 (B, H) in batch order;
     w_hr (P, H) the projection (a dummy without one, P = H).
