@@ -24,12 +24,20 @@ run resumes at (epoch, batch index) exactly.
 
 In data-parallel training rank r of W takes columns ``r·B/W … (r+1)·B/W − 1``: the same
 global batch, split by streams.
+
+Jobs of separate sequences (tagging sentences, handwriting samples) batch by length instead:
+:func:`length_batches` groups sequences of similar length so a batch pads only to its own
+longest, and :func:`pad_batch` lays a batch of (length, features) arrays out as one
+zero-padded (T, B, F) tensor with the lengths that the recurrent layers take as ``lengths=``.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
+import numpy as np
+import torch
 from torch import Tensor
 
 
@@ -77,3 +85,26 @@ def shard_columns(streams: Tensor, rank: int, world: int) -> Tensor:
         raise ValueError(f"batch_size {B} must be a multiple of the {world} processes")
     per = B // world
     return streams[:, rank * per : (rank + 1) * per]
+
+
+def length_batches(
+    lengths: Sequence[int], batch_size: int, rng: random.Random | None = None
+) -> list[list[int]]:
+    """Indices cut into batches of similar lengths: sorted by length (ties broken at random
+    when ``rng`` is given), cut every ``batch_size``, batch order shuffled by ``rng``."""
+    keys = [(n, rng.random() if rng else 0.0, i) for i, n in enumerate(lengths)]
+    order = [i for _, _, i in sorted(keys)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if rng is not None:
+        rng.shuffle(batches)
+    return batches
+
+
+def pad_batch(features: Sequence[np.ndarray | Tensor]) -> tuple[Tensor, Tensor]:
+    """(T, B, F) zero-padded float features of B sequences of (length, F) and their lengths
+    (B,)."""
+    lengths = torch.tensor([len(f) for f in features])
+    x = torch.zeros(int(lengths.max()), len(features), features[0].shape[1])
+    for b, f in enumerate(features):
+        x[: len(f), b] = torch.as_tensor(f)
+    return x, lengths

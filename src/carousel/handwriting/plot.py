@@ -40,9 +40,9 @@ def draw_probabilities(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from carousel.data.batching import pad_batch
     from carousel.data.unipen import line_features, resample, resample_arc, smooth_strokes
     from carousel.handwriting.decode import greedy_decode
-    from carousel.handwriting.train import pad_batch
 
     path = Path(path)
     if path.suffix.lower() != ".png":

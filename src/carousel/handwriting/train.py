@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from carousel.cells import get_cell
 from carousel.config import check_at_least
+from carousel.data.batching import length_batches, pad_batch
 from carousel.data.unipen import (
     RESAMPLINGS,
     Sample,
@@ -45,7 +46,6 @@ from carousel.handwriting.model import (
     RecogniserShape,
     StringRecogniser,
 )
-from carousel.tagging.train import length_batches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,15 +134,6 @@ def _shape(cfg: HandwritingConfig, kind: str) -> RecogniserShape:
         hidden_size=cfg.hidden_size,
         dropout=cfg.dropout,
     )
-
-
-def pad_batch(features: Sequence[np.ndarray]) -> tuple[Tensor, Tensor]:
-    """(T, B, F) zero-padded features of B sequences and their lengths (B,)."""
-    lengths = torch.tensor([len(f) for f in features])
-    x = torch.zeros(int(lengths.max()), len(features), features[0].shape[1])
-    for b, f in enumerate(features):
-        x[: len(f), b] = torch.from_numpy(f)
-    return x, lengths
 
 
 def _check_strokes(strokes: Sequence[np.ndarray]) -> list[np.ndarray]:

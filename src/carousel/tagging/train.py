@@ -26,6 +26,7 @@ from torch import nn
 
 from carousel.cells import get_cell
 from carousel.config import check_at_least
+from carousel.data.batching import length_batches
 from carousel.data.conll import Sentence, chunk_f1, read_conll2000, read_conllu
 from carousel.tagging.model import Tagger, TaggerShape, encode_batch
 from carousel.tagging.vocab import TaggerVocab
@@ -123,19 +124,6 @@ def _tags(sentences: Sequence[Sentence], layer: str) -> list[tuple[str, ...]]:
             f"layer {layer!r} is not in this data; it has {', '.join(sentences[0].tags)}"
         )
     return [s.tags[layer] for s in sentences]
-
-
-def length_batches(
-    lengths: Sequence[int], batch_size: int, rng: random.Random | None = None
-) -> list[list[int]]:
-    """Indices cut into batches of similar lengths: sorted by length (ties broken at random
-    when ``rng`` is given), cut every ``batch_size``, batch order shuffled by ``rng``."""
-    keys = [(n, rng.random() if rng else 0.0, i) for i, n in enumerate(lengths)]
-    order = [i for _, _, i in sorted(keys)]
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    if rng is not None:
-        rng.shuffle(batches)
-    return batches
 
 
 def _predict(
