@@ -411,8 +411,7 @@ def _log_test(path: Path, summary: dict, scores: dict[str, float]) -> None:
     step = summary["step"]
     rows = read_metrics(path) if path.exists() else []
     if not any(r.get("kind") == "test" and r.get("step") == step for r in rows):
-        epoch = summary["epoch"]
-        MetricsLog(path).write(kind="test", step=step, epoch=epoch, **scores)
+        MetricsLog(path).write(kind="test", step=step, **scores)
 
 
 def _check_same_data(job: TaggerJob, meta: dict, cfg: TaggerConfig, run: Path) -> None:
