@@ -224,8 +224,9 @@ class TaggerJob(Job):
         self.fingerprint = _fingerprint(train, dev, cfg.tagset)
         self._rng = random.Random(cfg.seed)
         self._orders: list[list[list[int]]] = []
-        # carried from batch to batch (and checkpointed)
-        self.epoch, self.steps, self.total, self.count = 0, 0, 0.0, 0
+        # carried from batch to batch, and checkpointed: the epoch under way, the steps taken,
+        # the summed training loss and tokens since the last evaluation, the evaluations
+        self.carried: dict[str, Any] = {"epoch": 0, "steps": 0, "total": 0.0, "count": 0}
         self.history: list[dict[str, Any]] = []
 
     def order(self, epoch: int) -> list[list[int]]:
@@ -238,7 +239,7 @@ class TaggerJob(Job):
         return len(self.order(epoch))
 
     def batches(self, epoch: int, start: int) -> Iterator[list[int]]:
-        self.epoch = epoch
+        self.carried["epoch"] = epoch
         yield from self.order(epoch)[start:]
 
     def loss(self, model: nn.Module, batch: list[int]) -> tuple[Tensor, int]:
@@ -248,20 +249,19 @@ class TaggerJob(Job):
             scores.flatten(0, 1), y.flatten(), ignore_index=IGNORE
         )  # mean nats per token
         n = sum(len(self.targets[i]) for i in batch)
-        self.steps, self.total, self.count = (
-            self.steps + 1,
-            self.total + float(loss.detach()) * n,
-            self.count + n,
-        )
+        self.carried["steps"] += 1
+        self.carried["total"] += float(loss.detach()) * n
+        self.carried["count"] += n
         return loss, n
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         scores = evaluate_tagger(model, self.vocab, self.dev, with_loss=True)
-        train_loss = self.total / max(self.count, 1)
+        c = self.carried
+        loss = c["total"] / max(c["count"], 1)
         self.history.append(
-            {"epoch": self.epoch + 1, "step": self.steps, "loss": train_loss, "dev": scores}
+            {"epoch": c["epoch"] + 1, "step": c["steps"], "loss": loss, "dev": scores}
         )
-        self.total, self.count = 0.0, 0
+        c["total"], c["count"] = 0.0, 0
         return scores
 
     def describe(self, scores: dict[str, float]) -> str:
@@ -278,17 +278,11 @@ class TaggerJob(Job):
         }
 
     def state(self) -> tuple[dict[str, Tensor], Any]:
-        return {}, {
-            "epoch": self.epoch,
-            "steps": self.steps,
-            "total": self.total,
-            "count": self.count,
-            "history": self.history,
-        }
+        return {}, {**self.carried, "history": self.history}
 
     def load_state(self, tensors: dict[str, Tensor], data: Any) -> None:
-        self.epoch, self.steps = data["epoch"], data["steps"]
-        self.total, self.count, self.history = data["total"], data["count"], data["history"]
+        self.carried = {k: data[k] for k in self.carried}
+        self.history = data["history"]
 
 
 def _fingerprint(train: Sequence[Sentence], dev: Sequence[Sentence], tagset: str) -> str:
@@ -419,18 +413,3 @@ def _check_same_data(job: TaggerJob, meta: dict, cfg: TaggerConfig, run: Path) -
         raise ValueError(
             f"the training data ({cfg.data or 'data='}) changed since {run} was trained"
         )
-
-
-__all__ = [
-    "KIND",
-    "TaggerConfig",
-    "TaggerJob",
-    "build_tagger",
-    "evaluate_tagger",
-    "load_tagger",
-    "load_tagging_data",
-    "tag_sentences",
-    "tag_text",
-    "tagger_shape",
-    "train_tagger",
-]
