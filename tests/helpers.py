@@ -7,6 +7,11 @@ from torch.func import functional_call
 
 import carousel
 
+#: the registered cells whose family has a fused kernel (the fused-path tests run these)
+FUSED_CELLS = [
+    name for name, cell in carousel.CELLS.items() if carousel.FAMILIES[cell.family].kernel
+]
+
 
 def as_tuple(state):
     return state if isinstance(state, tuple) else (state,)

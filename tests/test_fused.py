@@ -14,6 +14,7 @@ import torch
 import carousel
 from carousel import kernels
 from carousel.backends import BACKENDS, select_backend
+from helpers import FUSED_CELLS
 
 T, B, IN, H = 5, 4, 3, 4
 TOL = {torch.float64: {"rtol": 1e-10, "atol": 1e-12}, torch.float32: {"rtol": 1e-5, "atol": 2e-6}}
@@ -65,14 +66,14 @@ def _check(name, dtype, bidirectional, num_layers, ragged, initial, **kw):
 @pytest.mark.parametrize("ragged", [False, True], ids=["equal", "ragged"])
 @pytest.mark.parametrize("num_layers", [1, 2], ids=["L1", "L2"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-@pytest.mark.parametrize("name", list(carousel.CELLS))
+@pytest.mark.parametrize("name", FUSED_CELLS)
 def test_fused_matches_reference_float64(name, bidirectional, num_layers, ragged, initial):
     _check(name, torch.float64, bidirectional, num_layers, ragged, initial)
 
 
 @pytest.mark.parametrize("ragged", [False, True], ids=["equal", "ragged"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-@pytest.mark.parametrize("name", list(carousel.CELLS))
+@pytest.mark.parametrize("name", FUSED_CELLS)
 def test_fused_matches_reference_float32(name, bidirectional, ragged):
     _check(name, torch.float32, bidirectional, 2, ragged, True)
 
@@ -203,3 +204,38 @@ def test_bidirectional_pair_matches_one_after_the_other(name, monkeypatch):
     assert len(calls) == 2  # one per layer, only while enabled
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+# ---------------------------------------------------------------------------- the registry
+class ToyOptions(carousel.RNNOptions):
+    """A family of its own with the Elman RNN's math and no fused kernel."""
+
+    family = "toy"
+
+
+class ToyLayer(carousel.RecurrentLayer):
+    """Its layer class, written as carousel.GRU is."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, *, variant="toy", **kwargs):  # fmt: skip
+        from carousel.layers import variant_cell
+
+        cell, kwargs = variant_cell("toy", variant, kwargs)
+        super().__init__(cell, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, **kwargs)  # fmt: skip
+
+
+def test_a_family_without_a_kernel_is_one_record_and_runs_on_the_reference_path(monkeypatch):
+    monkeypatch.setitem(carousel.CELLS, "toy", ToyOptions())
+    monkeypatch.setitem(
+        carousel.FAMILIES, "toy", carousel.Family("toy", ToyOptions, f"{__name__}:ToyLayer")
+    )
+    layer = carousel.make_layer("toy", IN, H, num_layers=2, bidirectional=True)
+    assert isinstance(layer, ToyLayer)
+    x = torch.randn(T, B, IN)
+    assert not kernels.supports(layer.cell, x)
+    assert select_backend("auto", layer.cell, x) is BACKENDS["reference"]
+    rnn = carousel.RNN(IN, H, num_layers=2, bidirectional=True)
+    rnn.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(layer(x)[0], rnn(x)[0])  # the same math, the reference path
+    assert "toy" not in FUSED_CELLS  # the fused-path tests read the registry and skip it

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from carousel.data.batching import pad_batch
 from carousel.data.unipen import Sample, line_features
 from carousel.handwriting import (
     DigitClassifier,
@@ -35,7 +36,7 @@ from carousel.handwriting import (
     train_digit_classifier,
     train_string_recogniser,
 )
-from carousel.handwriting.train import _targets, pad_batch
+from carousel.handwriting.train import _targets
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

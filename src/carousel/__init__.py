@@ -18,8 +18,10 @@ Dimension legend, used in every docstring and ``# (T, B, 4H)`` comment:
 from carousel.backends import BACKENDS, Backend, register_backend
 from carousel.cells import (
     CELLS,
+    FAMILIES,
     LSTM_VARIANTS,
     CellOptions,
+    Family,
     GRUOptions,
     LSTMOptions,
     RNNOptions,
@@ -32,12 +34,14 @@ __version__ = "0.1.0"
 __all__ = [
     "BACKENDS",
     "CELLS",
+    "FAMILIES",
     "GRU",
     "LSTM",
     "LSTM_VARIANTS",
     "RNN",
     "Backend",
     "CellOptions",
+    "Family",
     "GRUOptions",
     "LSTMOptions",
     "RNNOptions",

@@ -3,7 +3,7 @@
 Each command is a module-level function taking the parsed arguments; errors a user can fix
 (``ValueError``, ``OSError``) are printed as one line on stderr with exit status 2, never as a
 traceback.  ``carousel train JOB`` trains one of the jobs (``lm``, the default when no job is
-named, ``tagger``, ``handwriting``); each job module registers its own ``train`` job and
+named, ``tagger``, ``handwriting``, ``ntm``); each job module registers its own ``train`` job and
 commands, and ``carousel eval`` reads the job from the checkpoint.
 """
 
@@ -18,6 +18,7 @@ from carousel.checkpoint import load_checkpoint
 from carousel.handwriting import cli as handwriting_cli
 from carousel.lag import cli as lag_cli
 from carousel.lm import cli as lm_cli
+from carousel.ntm import cli as ntm_cli
 from carousel.tagging import cli as tagging_cli
 
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     lm_cli.register(sub, jobs)
     tagging_cli.register(sub, jobs)
     handwriting_cli.register(sub, jobs)
+    ntm_cli.register(sub, jobs)
     lag_cli.register(sub)
     p = sub.add_parser("eval", help="a checkpoint's scores (of whichever job wrote it)")
     p.add_argument("checkpoint", help="checkpoint file or run folder")
@@ -49,7 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=10, help="language models: streams")
     p.add_argument("--bptt", type=int, default=None, help="language models: default the run's")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--length", default=None, help="NTM: comma-separated lengths to score, e.g. 20,40,60"
+    )
+    p.add_argument("--sequences", type=int, default=None, help="NTM: sequences per length")
+    p.add_argument("--json", default=None, help="NTM: also write the scores to this file")
     p.set_defaults(func=cmd_eval)
+    plot = _subcommands(parser)["plot"]
+    plot.add_argument("--length", default=None, help="NTM: the plotted sequence's length")
+    plot.set_defaults(func=cmd_plot)
     return parser
 
 
@@ -57,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
 EVALUATORS = {
     lm_cli.KIND: lm_cli.cmd_eval,
     tagging_cli.KIND: tagging_cli.cmd_eval,
+    ntm_cli.KIND: ntm_cli.cmd_eval,
 }
+
+#: the checkpoint's job -> the command that plots its run (default: the curves)
+PLOTTERS = {ntm_cli.KIND: ntm_cli.cmd_plot}
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -69,6 +83,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"evaluable: {', '.join(EVALUATORS)}"
         )
     return EVALUATORS[kind](args)
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Plot a run with the plotter of the job that wrote it (default: the curves)."""
+    from pathlib import Path
+
+    checkpoint = Path(args.run) / "checkpoint.safetensors"
+    kind = load_checkpoint(checkpoint)[1].get("kind") if checkpoint.exists() else None
+    return PLOTTERS.get(kind, lm_cli.cmd_plot)(args)
 
 
 DEFAULT_JOB = "lm"

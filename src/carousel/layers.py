@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from carousel.backends import LayerWeights, check_backend, select_backend
-from carousel.cells import CELLS, CellOptions, get_cell
+from carousel.cells import CELLS, FAMILIES, CellOptions, get_cell
 
 State = Tensor | tuple[Tensor, ...]
 
@@ -392,10 +392,13 @@ class RNN(RecurrentLayer):
         batch_first: bool = False,
         dropout: float = 0.0,
         bidirectional: bool = False,
+        *,
+        variant: str = "rnn",
         **kwargs,
     ) -> None:
+        cell, kwargs = variant_cell("rnn", variant, {"nonlinearity": nonlinearity, **kwargs})
         super().__init__(
-            get_cell("rnn", nonlinearity=nonlinearity),
+            cell,
             input_size,
             hidden_size,
             num_layers,
@@ -420,10 +423,13 @@ class GRU(RecurrentLayer):
         batch_first: bool = False,
         dropout: float = 0.0,
         bidirectional: bool = False,
+        *,
+        variant: str = "gru",
         **kwargs,
     ) -> None:
+        cell, kwargs = variant_cell("gru", variant, kwargs)
         super().__init__(
-            get_cell("gru"),
+            cell,
             input_size,
             hidden_size,
             num_layers,
@@ -445,8 +451,6 @@ class LSTM(RecurrentLayer):
     :class:`carousel.cells.LSTMOptions`).  Other keywords as :class:`RecurrentLayer`.
     """
 
-    _LAYER_KEYWORDS = ("backend", "device", "dtype")
-
     def __init__(
         self,
         input_size: int,
@@ -460,12 +464,9 @@ class LSTM(RecurrentLayer):
         variant: str = "lstm",
         **kwargs,
     ) -> None:
-        if variant not in CELLS or CELLS[variant].family != "lstm":
-            known = [n for n, c in CELLS.items() if c.family == "lstm"]
-            raise ValueError(f"unknown LSTM variant {variant!r}; known: {', '.join(known)}")
-        layer_kw = {k: kwargs.pop(k) for k in self._LAYER_KEYWORDS if k in kwargs}
+        cell, layer_kw = variant_cell("lstm", variant, kwargs)
         super().__init__(
-            get_cell(variant, **kwargs),
+            cell,
             input_size,
             hidden_size,
             num_layers,
@@ -478,12 +479,26 @@ class LSTM(RecurrentLayer):
         self.variant = variant
 
 
+#: keywords of :class:`RecurrentLayer` that are not a cell's switches
+_LAYER_KEYWORDS = ("backend", "device", "dtype")
+
+
+def variant_cell(family: str, variant: str, kwargs: dict) -> tuple[CellOptions, dict]:
+    """Registry entry ``variant`` of ``family`` with the switches among ``kwargs`` applied,
+    and the remaining (layer) keywords."""
+    if variant not in CELLS or CELLS[variant].family != family:
+        known = [n for n, c in CELLS.items() if c.family == family]
+        raise ValueError(f"unknown {family.upper()} variant {variant!r}; known: {', '.join(known)}")
+    layer_kw = {k: kwargs[k] for k in _LAYER_KEYWORDS if k in kwargs}
+    switches = {k: v for k, v in kwargs.items() if k not in _LAYER_KEYWORDS}
+    return get_cell(variant, **switches), layer_kw
+
+
 def make_layer(cell: str, input_size: int, hidden_size: int, **kwargs) -> RecurrentLayer:
-    """The layer class for registry entry ``cell`` ("rnn", "gru", "lstm1997", …), built with
-    torch.nn's arguments and, for LSTM variants, switches."""
+    """The layer of registry entry ``cell`` ("rnn", "gru", "lstm1997", …) — its family's
+    layer class (:data:`carousel.cells.FAMILIES`) — built with torch.nn's arguments and the
+    family's switches."""
     if cell not in CELLS:
         raise ValueError(f"unknown cell {cell!r}; known: {', '.join(CELLS)}")
-    family = CELLS[cell].family
-    if family == "lstm":
-        return LSTM(input_size, hidden_size, variant=cell, **kwargs)
-    return {"rnn": RNN, "gru": GRU}[family](input_size, hidden_size, **kwargs)
+    layer = FAMILIES[CELLS[cell].family].layer_class()
+    return layer(input_size, hidden_size, variant=cell, **kwargs)

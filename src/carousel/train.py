@@ -412,16 +412,12 @@ def fit(
                 _check_finite("gradient norm", clip_gradients(model, cfg.clip), cursor, run)
                 optimizer.step()
                 dt = clock() - t0
-                cursor.step, cursor.batch, cursor.elapsed = (
-                    cursor.step + 1,
-                    cursor.batch + 1,
-                    cursor.elapsed + dt,
-                )
+                cursor.step += 1
+                cursor.batch += 1
+                cursor.elapsed += dt
                 cursor.seen += items * world
-                cursor.window_loss, cursor.window_steps = (
-                    cursor.window_loss + shown,
-                    cursor.window_steps + 1,
-                )
+                cursor.window_loss += shown
+                cursor.window_steps += 1
                 bar.update(f"{job.describe_loss(shown)} {items * world / dt:,.0f} {job.item}/s")
                 if cursor.step % cfg.log_every == 0:
                     log.write(**_train_row(cursor, optimizer, job))

@@ -22,14 +22,47 @@ cifg       vanilla with coupled input and forget gate, f = 1 − i
 ========== ======================================================================
 
 A new variant is one line here (plus, if it needs new math, a switch in its family's file).
+A new family is one :class:`Family` record in :data:`FAMILIES` plus its own files: its options
+class with the reference step (``cells/<family>.py``), its layer class, and optionally a fused
+kernel module (:class:`carousel.kernels.KernelModule`); no other file changes.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import importlib
 
 from carousel.cells.base import CellOptions
 from carousel.cells.gru import GRUOptions
 from carousel.cells.lstm import LSTMOptions
 from carousel.cells.rnn import RNNOptions
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One cell family: what the layers, the kernels' dispatch, the CLI, the benchmarks and
+    the tests read about it.
+
+    ``layer`` and ``kernel`` are import paths, loaded on first use (the layers and kernels
+    import this module, so they cannot be imported here).  ``kernel`` is ``None`` for a family
+    without a fused kernel: it runs on the reference path and the fused-path tests skip it.
+    """
+
+    name: str
+    options: type[CellOptions]
+    layer: str  # "module:Class" of its torch.nn-style layer (taking ``variant=``)
+    kernel: str | None = None  # module implementing carousel.kernels.KernelModule
+
+    def layer_class(self) -> type:
+        module, _, name = self.layer.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+FAMILIES: dict[str, Family] = {
+    "rnn": Family("rnn", RNNOptions, "carousel.layers:RNN", "carousel.kernels.rnn"),
+    "gru": Family("gru", GRUOptions, "carousel.layers:GRU", "carousel.kernels.gru"),
+    "lstm": Family("lstm", LSTMOptions, "carousel.layers:LSTM", "carousel.kernels.lstm"),
+}
 
 _VANILLA = LSTMOptions(peepholes=True)
 
@@ -62,12 +95,20 @@ def get_cell(name: str, **options: object) -> CellOptions:
     return CELLS[name].replace(**options)
 
 
+def family_of(name: str) -> Family:
+    """The :class:`Family` record of registered cell ``name``."""
+    return FAMILIES[get_cell(name).family]
+
+
 __all__ = [
     "CELLS",
+    "FAMILIES",
     "LSTM_VARIANTS",
     "CellOptions",
+    "Family",
     "GRUOptions",
     "LSTMOptions",
     "RNNOptions",
+    "family_of",
     "get_cell",
 ]

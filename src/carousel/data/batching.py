@@ -1,5 +1,8 @@
-"""Batches for truncated backpropagation through time, as in the TensorFlow PTB tutorial and
-the PyTorch word-language-model example.
+"""Batches: windows of token streams for truncated backpropagation through time (language
+models), and batches of whole variable-length sequences (tagging, handwriting).
+
+**Truncated BPTT**, as in the TensorFlow PTB tutorial and the PyTorch word-language-model
+example.
 
 The token stream is cut into B contiguous streams (the tail that does not fill a row is
 dropped), laid side by side as the columns of an (N, B) tensor.  Batch k is the next
@@ -25,10 +28,10 @@ run resumes at (epoch, batch index) exactly.
 In data-parallel training rank r of W takes columns ``r·B/W … (r+1)·B/W − 1``: the same
 global batch, split by streams.
 
-Jobs of separate sequences (tagging sentences, handwriting samples) batch by length instead:
-:func:`length_batches` groups sequences of similar length so a batch pads only to its own
-longest, and :func:`pad_batch` lays a batch of (length, features) arrays out as one
-zero-padded (T, B, F) tensor with the lengths that the recurrent layers take as ``lengths=``.
+**Whole sequences** of different lengths (sentences, pen trajectories): :func:`length_batches`
+groups indices of similar length so a batch pads only to its own longest sequence, and
+:func:`pad_batch` lays a batch of (T_b, F) arrays out as (T, B, F) with their lengths, for
+the layers' ``lengths=``.
 """
 
 from __future__ import annotations
@@ -100,11 +103,10 @@ def length_batches(
     return batches
 
 
-def pad_batch(features: Sequence[np.ndarray | Tensor]) -> tuple[Tensor, Tensor]:
-    """(T, B, F) zero-padded float features of B sequences of (length, F) and their lengths
-    (B,)."""
+def pad_batch(features: Sequence[np.ndarray]) -> tuple[Tensor, Tensor]:
+    """(T, B, F) zero-padded features of B sequences, each (T_b, F), and their lengths (B,)."""
     lengths = torch.tensor([len(f) for f in features])
     x = torch.zeros(int(lengths.max()), len(features), features[0].shape[1])
     for b, f in enumerate(features):
-        x[: len(f), b] = torch.as_tensor(f)
+        x[: len(f), b] = torch.from_numpy(f)
     return x, lengths

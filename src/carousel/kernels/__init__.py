@@ -19,15 +19,43 @@ from __future__ import annotations
 
 import importlib
 import warnings
-from types import ModuleType
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
 
-from carousel.cells import CellOptions
+from carousel.cells import FAMILIES, CellOptions
 
-_FAMILIES = {"lstm": "lstm", "gru": "gru", "rnn": "rnn"}
-_modules: dict[str, ModuleType] = {}
+if TYPE_CHECKING:  # carousel.backends imports this module
+    from carousel.backends import LayerWeights
+
+
+class KernelModule(Protocol):
+    """What a family's fused kernel module provides (named by its record in
+    :data:`carousel.cells.FAMILIES`); :mod:`carousel.kernels.lstm` is the model.
+
+    The module opens with its family's backward derivation, and its code follows it."""
+
+    #: forward through time and the hand-derived backward through time
+    FUNCTION: type[torch.autograd.Function]
+
+    def arguments(
+        self,
+        cell: CellOptions,
+        x: Tensor,
+        state: tuple[Tensor, ...],
+        weights: LayerWeights,
+        lengths: Tensor | None,
+        reverse: bool,
+    ) -> tuple:
+        """``FUNCTION.apply``'s arguments for one direction of one layer
+        (:func:`carousel.backends.reference_sequence`'s arguments)."""
+
+    def finish(self, outputs: tuple) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """``FUNCTION.apply``'s outputs as (output (T, B, H), final state)."""
+
+
+_modules: dict[str, KernelModule] = {}
 _failure: str | None = None
 _loaded = False
 
@@ -43,8 +71,9 @@ def _load() -> None:
     try:
         if DISABLED:
             raise ImportError("carousel.kernels.DISABLED is set")
-        for family, name in _FAMILIES.items():
-            _modules[family] = importlib.import_module(f"carousel.kernels.{name}")
+        for family in FAMILIES.values():
+            if family.kernel is not None:
+                _modules[family.name] = importlib.import_module(family.kernel)
     except (ImportError, OSError, AttributeError) as err:
         _modules.clear()
         _failure = f"{type(err).__name__}: {err}"
@@ -69,12 +98,10 @@ def failure() -> str | None:
 
 
 def supports(cell: CellOptions, x: Tensor) -> bool:
-    """CPU float32/float64 for every registered family, when the kernels loaded."""
+    """CPU float32/float64 for every registered family with a kernel, when they loaded."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return False
-    if cell.family not in _FAMILIES:
-        return False
-    return available()
+    return available() and cell.family in _modules
 
 
 def fused_sequence(cell, x, state, weights, lengths, reverse):

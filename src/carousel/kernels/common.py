@@ -22,8 +22,7 @@ from carousel.kernels._mkl import BF16, PACKED, PLAIN, TR, N, mm_bf16
 
 #: bfloat16 per-step products from this many rows up; below, the per-step products stay
 #: float32 (MKL's bfloat16 GEMM re-packs the weights at every call, which a few rows do not
-#: repay: measured at H 256/512, B = 1 and 16 slower or even, B = 32 and 64 faster) while the
-#: products over all steps still run in bfloat16.
+#: repay; BENCHMARKS.md, "bfloat16") while the products over all steps still run in bfloat16.
 BF16_STEP_ROWS = 32
 
 

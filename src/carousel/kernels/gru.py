@@ -1,11 +1,30 @@
 """Fused forward and hand-derived backward through time for the GRU (torch.nn.GRU's equations).
 
-The structure is the LSTM kernel's (see :mod:`carousel.kernels.lstm` and ``docs/bptt.md``,
-section GRU): input products for all steps before the loop, per step one MKL GEMM over the
-live rows and one fused elementwise pass, and the weight gradients as products over all steps.
-The GRU's candidate needs the recurrent share of n on its own (r multiplies it), so b_hn stays
-out of the input product and the backward pass keeps two gradients: dA_x for the input side
-and dA_h for the recurrent side.
+The derivation (the code below follows it; the comments carry the line tags).  Blocks are
+stacked r, z, n; ⊙ is the elementwise product, σ the logistic function, δv = ∂L/∂v, all
+vectors (B, H) rows.  The reset gate multiplies the recurrent share of the candidate, so b_hn
+stays out of the input product:
+
+    (G1)  r   = σ(W_ir x_t + b_ir + W_hr h_{t−1} + b_hr)
+    (G2)  z   = σ(W_iz x_t + b_iz + W_hz h_{t−1} + b_hz)
+    (G3)  n   = tanh(W_in x_t + b_in + r ⊙ ĝ),      ĝ = W_hn h_{t−1} + b_hn   (kept for (GB4))
+    (G4)  h_t = (1 − z) ⊙ n + z ⊙ h_{t−1}
+
+Backward, walking t = T−1 … 0 with δh_t^rec, the gradient reaching h_t through step t + 1's
+recurrent product (it starts at δh_n):
+
+    (GB1) δh_t = ∂L/∂y_t + δh_t^rec
+    (GB2) δa_n = δh_t ⊙ (1 − z) ⊙ (1 − n²)
+    (GB3) δa_z = δh_t ⊙ (h_{t−1} − n) ⊙ z(1 − z)
+    (GB4) δa_r = δa_n ⊙ ĝ ⊙ r(1 − r)
+    (GB5) input side δA_x = (δa_r, δa_z, δa_n); recurrent side δA_h = (δa_r, δa_z, r ⊙ δa_n)
+    (GB6) δh_{t−1}^rec = z ⊙ δh_t + δA_h W_hh                    the direct path plus one GEMM
+    (GB7) δX = δA_x W_ih,  δW_ih = δA_xᵀ X,  δb_ih = Σ δA_x,  δW_hh = δA_hᵀ H_prev,  δb_hh = Σ δA_h
+
+H_prev (T·B, H) holds the h_{t−1} each step read.  The structure is the LSTM kernel's
+(:mod:`carousel.kernels.lstm`): input products for all steps before the loop, per step one
+MKL GEMM over the live rows and one fused elementwise pass, and (GB7) as products over all
+steps; lengths, direction and bfloat16 products as ``docs/bptt.md`` describes for every family.
 
 Shapes follow the legend in :mod:`carousel`: T, B, I, H, G = 3.
 """

@@ -17,10 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch.autograd.function import once_differentiable
 
-#: off by default: on the shared 2-core machine it was measured on (bench/cells_bidir.py,
-#: BENCHMARKS.md) handing one direction to a second thread mostly lost at B = 1 (down to
-#: 0.17×) and was erratic at B = 16 (0.22–3.9×).  ``carousel.kernels.pair.ENABLED = True`` turns it
-#: on; re-measure on a quiet machine before making it the default.
+#: off by default: handing one direction to a second thread has not paid where it was
+#: measured (bench/cells_bidir.py, BENCHMARKS.md).  ``carousel.kernels.pair.ENABLED = True``
+#: turns it on.
 ENABLED = False
 
 _POOL: ThreadPoolExecutor | None = None

@@ -1,9 +1,21 @@
 """Fused forward and hand-derived backward through time for the Elman RNN.
 
-    h_t = φ(W_ih x_t + b_ih + W_hh h_{t−1} + b_hh),    φ ∈ {tanh, sigmoid, relu}
+The derivation (the code below follows it; the comments carry the line tags), with
+δv = ∂L/∂v and (B, H) rows:
 
-The structure is the LSTM kernel's (see :mod:`carousel.kernels.lstm` and ``docs/bptt.md``,
-section RNN); φ'(a) is taken from the output h_t itself, so only h_t is stored.
+    (R1)  h_t = φ(a),   a = W_ih x_t + b_ih + W_hh h_{t−1} + b_hh,   φ ∈ {tanh, sigmoid, relu}
+
+Backward, walking t = T−1 … 0 with δh_t^rec, the gradient reaching h_t through step t + 1's
+recurrent product (it starts at δh_n):
+
+    (RB1) δh_t = ∂L/∂y_t + δh_t^rec
+    (RB2) δa   = δh_t ⊙ φ'(a),   φ' from h_t itself: 1 − h², h(1 − h), or [h > 0]
+    (RB3) δh_{t−1}^rec = δa W_hh
+    (RB4) δX = δA W_ih,   δW_ih = δAᵀ X,   δW_hh = δAᵀ H_prev,   δb_ih = δb_hh = Σ_{t,b} δA
+
+φ'(a) is taken from the output h_t itself, so only h_t is stored.  The structure is the LSTM
+kernel's (:mod:`carousel.kernels.lstm`); lengths, direction and bfloat16 products as
+``docs/bptt.md`` describes for every family.
 
 Shapes follow the legend in :mod:`carousel`: T, B, I, H, G = 1.
 """
@@ -209,7 +221,7 @@ class RNNFunction(torch.autograd.Function):
             sf,
         )
         nd = ctx.needs_input_grad
-        dx, dw_ih, dw_hh, db = flat_weight_grads(
+        dx, dw_ih, dw_hh, db = flat_weight_grads(  # (RB4)
             dA, x, hprev, w_ih, (nd[0], nd[2], nd[3], nd[4] or nd[5]), ctx.bf16
         )
         dh0 = order.unsort(dh) if nd[1] else None
