@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -159,6 +161,51 @@ def test_forget_bias_initialises_the_forget_block_only():
         layer.bias_ih_l0.zero_()
     layer.reset_parameters()
     assert torch.all(layer.bias_ih_l0[4:8] == 1.0)
+
+
+def test_gate_biases_initialise_their_blocks_through_the_python_api():
+    layer = carousel.LSTM(
+        3,
+        4,
+        num_layers=2,
+        bidirectional=True,
+        variant="lstm1997",
+        input_gate_bias=-2,
+        output_gate_bias=-1.5,
+    )  # blocks i, g, o
+    for k in range(2):
+        for sfx in ("", "_reverse"):
+            b_ih = getattr(layer, f"bias_ih_l{k}{sfx}")
+            b_hh = getattr(layer, f"bias_hh_l{k}{sfx}")
+            assert torch.all(b_ih[0:4] == -2.0) and torch.all(b_ih[8:12] == -1.5)
+            assert torch.all(b_hh[0:4] == 0.0) and torch.all(b_hh[8:12] == 0.0)
+            assert b_ih[4:8].abs().max() <= 0.5 and torch.all(b_ih[4:8] != 0)  # g: torch's init
+    both = carousel.LSTM(3, 4, forget_bias=1.0, input_gate_bias=-2.0)  # blocks i, f, g, o
+    assert torch.all(both.bias_ih_l0[0:4] == -2.0) and torch.all(both.bias_ih_l0[4:8] == 1.0)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda: carousel.LSTM(3, 4, variant="nig", input_gate_bias=-2.0),
+            "input_gate_bias needs an input gate with its own weights; this variant has "
+            "blocks f/g/o",
+        ),
+        (
+            lambda: carousel.LSTM(3, 4, variant="nog", output_gate_bias=-2.0),
+            "output_gate_bias needs an output gate with its own weights; this variant has "
+            "blocks i/f/g",
+        ),
+        (lambda: carousel.LSTM(3, 4, input_gate_bias=-2.0, bias=False), "needs bias=True"),
+        (lambda: carousel.LSTM(3, 4, output_gate_bias="-2"), "output_gate_bias must be a number"),
+        (lambda: carousel.LSTM(3, 4, input_gate_bias=math.inf), "input_gate_bias must be a finite"),
+        (lambda: get_cell("gru", input_gate_bias=-2.0), "unknown gru option"),
+    ],
+)
+def test_a_gate_bias_without_its_gate_is_a_clear_error(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
 
 
 def test_default_initialisation_is_torch_nn_s():

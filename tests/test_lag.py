@@ -12,7 +12,7 @@ from carousel.data import make_batch
 from carousel.lag import GradflowConfig, LagConfig, correct, run_gradflow, run_lag
 from carousel.lag.gradflow import Net, set_spectral_radius, state_gradients
 from carousel.lag.sweep import run_sweep
-from carousel.lag.train import LagModel, gate_biases
+from carousel.lag.train import LagModel
 
 
 def test_regression_criterion():
@@ -51,7 +51,7 @@ def test_lstm_solves_adding_at_T10(cell):
     cfg = LagConfig(task="adding", T=10, cell=cell, hidden_size=16, budget=150_000, log_every=0)
     if cell == "lstm":
         cfg = dataclasses.replace(cfg, forget_bias=1.0)
-        assert (LagModel("adding", "lstm", 16, 1.0).rnn.bias_ih_l0[16:32] == 1.0).all()
+        assert (LagModel("adding", "lstm", 16, forget_bias=1.0).rnn.bias_ih_l0[16:32] == 1.0).all()
     r = run_lag(cfg, log=lambda _m: None)
     assert r.solved, r
     assert r.test_wrong == 0 and r.test_max_error < 0.04
@@ -216,7 +216,7 @@ def test_cli_bad_arguments_get_one_line(argv, message, capsys):
 )
 def test_gate_biases_land_in_their_blocks(cell, i_rows, o_rows, untouched):
     torch.manual_seed(0)
-    model = LagModel("order6a", cell, 4, gate_biases={"i": -2.0, "o": -3.5})
+    model = LagModel("order6a", cell, 4, input_gate_bias=-2.0, output_gate_bias=-3.5)
     b_ih, b_hh = model.rnn.bias_ih_l0.detach(), model.rnn.bias_hh_l0.detach()
     assert (b_ih[i_rows] == -2.0).all() and (b_hh[i_rows] == 0).all()
     assert (b_ih[o_rows] == -3.5).all() and (b_hh[o_rows] == 0).all()
@@ -228,7 +228,7 @@ def test_gate_biases_land_in_their_blocks(cell, i_rows, o_rows, untouched):
 def test_gate_biases_reach_the_gates():
     """σ of the input gate at step 0 with zero input and state is σ(bias) exactly."""
     torch.manual_seed(0)
-    model = LagModel("order6a", "lstm1997", 3, gate_biases={"i": -2.0})
+    model = LagModel("order6a", "lstm1997", 3, input_gate_bias=-2.0)
     x = torch.zeros(1, 2, 8)  # (T, B, I)
     _, (_, c) = model.rnn(x)  # s_1 = i ⊙ g with g = tanh(b_g)
     b = model.rnn.bias_ih_l0 + model.rnn.bias_hh_l0
@@ -239,8 +239,8 @@ def test_gate_biases_reach_the_gates():
 def test_config_sets_gate_biases_and_rejects_missing_gates():
     cfg = LagConfig(cell="lstm1997", input_gate_bias=-2.0, output_gate_bias=-1)
     cfg.validate()
-    assert gate_biases(cfg) == {"i": -2.0, "o": -1.0}
-    assert gate_biases(LagConfig()) == {}
+    assert cfg.cell_options() == {"input_gate_bias": -2.0, "output_gate_bias": -1.0}
+    assert LagConfig().cell_options() == {}
     with pytest.raises(ValueError, match="input_gate_bias needs a cell with gate 'i'; cell 'rnn'"):
         LagConfig(cell="rnn", input_gate_bias=-2.0).validate()
     with pytest.raises(ValueError, match="output_gate_bias needs a cell with gate 'o'; cell 'gru'"):

@@ -60,6 +60,7 @@ def reference_sequence(
     weights: LayerWeights,
     lengths: Tensor | None,
     reverse: bool,
+    record: dict[str, Tensor] | None = None,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """Run ``cell``'s reference step over a whole sequence; autograd gives BPTT.
 
@@ -69,6 +70,10 @@ def reference_sequence(
         lengths: (B,) int64 on x's device with values in 1..T, or ``None`` if all are T.
             Steps past a sequence's length leave its state unchanged and output zeros.
         reverse: run from each sequence's last real step back to its first.
+        record: a dict to fill with every value the steps computed, each (T, B, H) in the
+            input's time order: the gates of :meth:`CellOptions.step_with_gates`, the
+            internal state ``"s"`` (LSTM cells' c) and the output ``"h"``; zero past a
+            sequence's length.
 
     Returns:
         output (T, B, H) in the input's time order, and the final state at each sequence's
@@ -81,17 +86,31 @@ def reference_sequence(
     if lengths is not None:
         live = (torch.arange(T, device=x.device).unsqueeze(1) < lengths).unsqueeze(2)  # (T, B, 1)
     outputs = []
+    steps: list[dict[str, Tensor]] = []
     for t in range(T):
-        new = cell.step(gx[t], state, weights.w_hh, weights.b_hh, weights.peep)
+        if record is None:
+            new = cell.step(gx[t], state, weights.w_hh, weights.b_hh, weights.peep)
+        else:
+            new, gates = cell.step_with_gates(
+                gx[t], state, weights.w_hh, weights.b_hh, weights.peep
+            )
+            names = ("h", "s")[: len(new)]  # the state (h, c) is recorded as h and s
+            steps.append(gates | dict(zip(names, new)))
         if lengths is None:
             state = new
             outputs.append(new[0])
         else:
             state = tuple(torch.where(live[t], n, o) for n, o in zip(new, state))
             outputs.append(torch.where(live[t], new[0], 0.0))
+            if record is not None:
+                steps[-1] = {k: torch.where(live[t], v, 0.0) for k, v in steps[-1].items()}
     output = torch.stack(outputs)  # (T, B, H)
     if reverse:
         output = reverse_padded(output, lengths)
+    if record is not None:
+        for name in steps[0]:
+            values = torch.stack([step[name] for step in steps])  # (T, B, H)
+            record[name] = reverse_padded(values, lengths) if reverse else values
     return output, state
 
 

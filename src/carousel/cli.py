@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from carousel.cells import CELLS
 from carousel.checkpoint import load_checkpoint
 from carousel.handwriting import cli as handwriting_cli
+from carousel.inspection import cli as inspection_cli
 from carousel.lag import cli as lag_cli
 from carousel.lm import cli as lm_cli
 from carousel.ntm import cli as ntm_cli
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     handwriting_cli.register(sub, jobs)
     ntm_cli.register(sub, jobs)
     lag_cli.register(sub)
+    inspection_cli.register(sub)
     p = sub.add_parser("eval", help="a checkpoint's scores (of whichever job wrote it)")
     p.add_argument("checkpoint", help="checkpoint file or run folder")
     p.add_argument("--data", default=None, help="the data to score on (the job says which)")

@@ -148,7 +148,7 @@ class RecurrentLayer(nn.Module):
     # ------------------------------------------------------------------ parameters
     def reset_parameters(self) -> None:
         """torch.nn's initialisation, U(−1/√H, 1/√H) for every parameter, then the cell's
-        own bias adjustments (``forget_bias``)."""
+        own bias adjustments (``forget_bias``, ``input_gate_bias``, ``output_gate_bias``)."""
         bound = 1.0 / math.sqrt(self.hidden_size)
         with torch.no_grad():
             for p in self.parameters():
@@ -447,8 +447,9 @@ class LSTM(RecurrentLayer):
     ``variant`` names an LSTM entry of :data:`carousel.CELLS` (``"lstm"``, the default, is
     torch.nn.LSTM's cell; ``"lstm1997"``, ``"peephole"``, ``"cifg"``, …) and keyword switches
     change it: ``forget_gate``, ``input_gate``, ``output_gate``, ``peepholes``, ``coupled``,
-    ``input_activation``, ``output_activation``, ``forget_bias`` (see
-    :class:`carousel.cells.LSTMOptions`).  Other keywords as :class:`RecurrentLayer`.
+    ``input_activation``, ``output_activation``, ``forget_bias``, ``input_gate_bias``,
+    ``output_gate_bias`` (see :class:`carousel.cells.LSTMOptions`).  Other keywords as
+    :class:`RecurrentLayer`.
     """
 
     def __init__(

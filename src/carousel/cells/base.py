@@ -36,7 +36,8 @@ def check_choice(what: str, value: object, allowed: tuple[str, ...]) -> None:
 class CellOptions(abc.ABC):
     """Base of the per-family option dataclasses.
 
-    Subclasses set ``family`` and ``state_names`` and implement :meth:`gates` and :meth:`step`;
+    Subclasses set ``family`` and ``state_names`` and implement :meth:`gates` and
+    :meth:`step_with_gates` (of which :meth:`step` is the first half);
     those with peepholes override :meth:`peephole_names`.
     """
 
@@ -62,7 +63,6 @@ class CellOptions(abc.ABC):
     def init_bias(self, bias_ih: Tensor, bias_hh: Tensor, hidden_size: int) -> None:
         """Adjust freshly initialised biases in place (default: leave torch's init)."""
 
-    @abc.abstractmethod
     def step(
         self,
         gx: Tensor,
@@ -71,7 +71,7 @@ class CellOptions(abc.ABC):
         b_hh: Tensor | None,
         peep: dict[str, Tensor],
     ) -> tuple[Tensor, ...]:
-        """One step of the reference equations.
+        """One step of the reference equations: :meth:`step_with_gates` without the gates.
 
         Args:
             gx: ``W_ih x_t + b_ih``, the input's share of every gate, (B, G·H).  The layer
@@ -82,6 +82,25 @@ class CellOptions(abc.ABC):
 
         Returns:
             the new state; its first tensor is the step's output h_t, (B, H).
+        """
+        return self.step_with_gates(gx, state, w_hh, b_hh, peep)[0]
+
+    @abc.abstractmethod
+    def step_with_gates(
+        self,
+        gx: Tensor,
+        state: tuple[Tensor, ...],
+        w_hh: Tensor,
+        b_hh: Tensor | None,
+        peep: dict[str, Tensor],
+    ) -> tuple[tuple[Tensor, ...], dict[str, Tensor]]:
+        """One step of the reference equations (arguments as :meth:`step`), and the values
+        the step computed on the way: ``(new state, {gate letter: (B, H)})``.
+
+        The gates are those of :meth:`gates` that the step computes as tensors (LSTM i, f,
+        g, o, the ones the variant has, with CIFG's f = 1 − i; GRU r, z, n; the Elman RNN's
+        single block is its output h).  :meth:`step` is this function's first half, so a
+        record of the gates cannot disagree with the step.
         """
 
     def replace(self, **changes: object) -> CellOptions:

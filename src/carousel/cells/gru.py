@@ -21,12 +21,19 @@ from carousel.cells.base import CellOptions
 
 def gru_step(gx: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None) -> Tensor:
     """One GRU step; gx = W_ih x_t + b_ih is (B, 3H), h is (B, H)."""
+    return gru_step_with_gates(gx, h, w_hh, b_hh)[0]
+
+
+def gru_step_with_gates(
+    gx: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """:func:`gru_step` and its gate values: (h_t, {"r", "z", "n": (B, H)})."""
     gx_r, gx_z, gx_n = gx.chunk(3, dim=1)
     gh_r, gh_z, gh_n = F.linear(h, w_hh, b_hh).chunk(3, dim=1)
     r = torch.sigmoid(gx_r + gh_r)
     z = torch.sigmoid(gx_z + gh_z)
     n = torch.tanh(gx_n + r * gh_n)
-    return (1 - z) * n + z * h
+    return (1 - z) * n + z * h, {"r": r, "z": z, "n": n}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,5 +45,6 @@ class GRUOptions(CellOptions):
     def gates(self) -> tuple[str, ...]:
         return ("r", "z", "n")
 
-    def step(self, gx, state, w_hh, b_hh, peep):
-        return (gru_step(gx, state[0], w_hh, b_hh),)
+    def step_with_gates(self, gx, state, w_hh, b_hh, peep):
+        h, gates = gru_step_with_gates(gx, state[0], w_hh, b_hh)
+        return (h,), gates

@@ -22,6 +22,7 @@ The state is (h, c) as in torch.nn; ``c`` is the internal state s above.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,9 @@ from carousel.cells.base import ACTIVATIONS, CellOptions, check_choice
 
 INPUT_ACTIVATIONS = ("tanh", "sigmoid", "identity")
 OUTPUT_ACTIVATIONS = ("tanh", "identity")
+#: the options that set a gate's initial bias, and the gate block each one sets
+GATE_BIASES = {"forget_bias": "f", "input_gate_bias": "i", "output_gate_bias": "o"}
+GATE_NAMES = {"i": "an input gate", "f": "a forget gate", "o": "an output gate"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +50,8 @@ class LSTMOptions(CellOptions):
         output_activation: φ_out: tanh, or identity (NOAF).
         forget_bias: initial value of the forget gate's bias (``bias_ih``'s f block; the
             ``bias_hh`` f block starts at 0); ``None`` keeps torch's uniform initialisation.
+        input_gate_bias, output_gate_bias: the same for the input and output gates (the
+            1997 paper's remedy for internal state drift starts them negative, e.g. −2).
     """
 
     family = "lstm"
@@ -59,6 +65,8 @@ class LSTMOptions(CellOptions):
     input_activation: str = "tanh"
     output_activation: str = "tanh"
     forget_bias: float | None = None
+    input_gate_bias: float | None = None
+    output_gate_bias: float | None = None
 
     def gates(self) -> tuple[str, ...]:
         blocks = []
@@ -93,29 +101,37 @@ class LSTMOptions(CellOptions):
             )
         if self.peepholes and not self.peephole_names():
             raise ValueError("peepholes=True needs at least one gate; this variant has none")
-        if self.forget_bias is not None:
-            if "f" not in self.gates():
+        for name, gate in GATE_BIASES.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise ValueError(f"{name} must be a number or None; got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number; got {value}")
+            if gate not in self.gates():
                 raise ValueError(
-                    "forget_bias needs a forget gate with its own weights; this variant has "
+                    f"{name} needs {GATE_NAMES[gate]} with its own weights; this variant has "
                     f"blocks {'/'.join(self.gates())}"
                 )
-            if not isinstance(self.forget_bias, int | float) or isinstance(self.forget_bias, bool):
-                raise ValueError(f"forget_bias must be a number or None; got {self.forget_bias!r}")
 
     def needs_bias(self) -> bool:
-        return self.forget_bias is not None
+        return any(getattr(self, name) is not None for name in GATE_BIASES)
 
     def init_bias(self, bias_ih: Tensor, bias_hh: Tensor, hidden_size: int) -> None:
-        if self.forget_bias is None:
-            return
-        f = self.gates().index("f")
-        block = slice(f * hidden_size, (f + 1) * hidden_size)
-        bias_ih[block] = float(self.forget_bias)
-        bias_hh[block] = 0.0
+        for name, gate in GATE_BIASES.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            k = self.gates().index(gate)
+            block = slice(k * hidden_size, (k + 1) * hidden_size)
+            bias_ih[block] = float(value)
+            bias_hh[block] = 0.0
 
-    def step(self, gx, state, w_hh, b_hh, peep):
+    def step_with_gates(self, gx, state, w_hh, b_hh, peep):
         h, s = state
-        return lstm_step(gx, h, s, w_hh, b_hh, peep, self)
+        h, s, gates = lstm_step_with_gates(gx, h, s, w_hh, b_hh, peep, self)
+        return (h, s), gates
 
 
 def lstm_step(
@@ -131,6 +147,22 @@ def lstm_step(
 
     gx = W_ih x_t + b_ih is (B, G·H); h, s are (B, H); returns (h_t, s_t).
     """
+    h, s, _ = lstm_step_with_gates(gx, h, s, w_hh, b_hh, peep, opt)
+    return h, s
+
+
+def lstm_step_with_gates(
+    gx: Tensor,
+    h: Tensor,
+    s: Tensor,
+    w_hh: Tensor,
+    b_hh: Tensor | None,
+    peep: dict[str, Tensor],
+    opt: LSTMOptions,
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """:func:`lstm_step` and its gate values: (h_t, s_t, {"i", "f", "g", "o": (B, H)}), the
+    gates the variant computes (a removed gate, fixed at 1, is left out; CIFG's f = 1 − i is in).
+    """
     a = dict(zip(opt.gates(), (gx + F.linear(h, w_hh, b_hh)).chunk(opt.num_gates, dim=1)))
     g = ACTIVATIONS[opt.input_activation](a["g"])
     i = torch.sigmoid(a["i"] + peep["ci"] * s if "ci" in peep else a["i"]) if "i" in a else 1.0
@@ -143,4 +175,5 @@ def lstm_step(
     s = f * s + i * g
     o = torch.sigmoid(a["o"] + peep["co"] * s if "co" in peep else a["o"]) if "o" in a else 1.0
     h = o * ACTIVATIONS[opt.output_activation](s)
-    return h, s
+    gates = {name: v for name, v in (("i", i), ("f", f), ("g", g), ("o", o)) if torch.is_tensor(v)}
+    return h, s, gates

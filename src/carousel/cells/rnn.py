@@ -35,5 +35,6 @@ class RNNOptions(CellOptions):
     def validate(self) -> None:
         check_choice("nonlinearity", self.nonlinearity, NONLINEARITIES)
 
-    def step(self, gx, state, w_hh, b_hh, peep):
-        return (rnn_step(gx, state[0], w_hh, b_hh, self.nonlinearity),)
+    def step_with_gates(self, gx, state, w_hh, b_hh, peep):
+        h = rnn_step(gx, state[0], w_hh, b_hh, self.nonlinearity)
+        return (h,), {"h": h}  # the one block is the output itself

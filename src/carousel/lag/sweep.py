@@ -10,17 +10,13 @@ from pathlib import Path
 
 from carousel.cells import get_cell
 from carousel.lag.train import (
-    GATE_BIAS_FIELDS,
+    BIAS_FIELDS,
     LagConfig,
     LagResult,
-    gate_biases,
     run_lag,
     sweep_lists,
     write_atomic,
 )
-
-#: the initial-bias fields of LagConfig and the gate each one needs
-BIAS_FIELDS = {"forget_bias": "f", **GATE_BIAS_FIELDS}
 
 
 def for_cell(cfg: LagConfig, cell: str) -> LagConfig:
@@ -37,7 +33,7 @@ def run_sweep(cfg: LagConfig, log=print) -> list[LagResult]:
     and ``sweep.png`` into ``cfg.out`` (default ``lag-sweep``) and return the results.
 
     Initial gate biases apply to the sweep's cells that have the gate (:func:`for_cell`)."""
-    gate_biases(cfg)  # a bad value fails here, whichever cells have the gate
+    get_cell("peephole", **cfg.cell_options())  # a bad value fails here (every gate)
     for_cell(cfg, cfg.cell).validate()
     tasks, lengths, cells = sweep_lists(cfg)
     out = Path(cfg.out or "lag-sweep")

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from carousel.cells import CELLS, get_cell
+from carousel.cells.lstm import GATE_BIASES
 from carousel.config import check_at_least
 from carousel.data.tasks import MIN_T, TASKS, Batch, get_task
 from carousel.lag.criteria import correct
@@ -63,14 +64,23 @@ class LagConfig:
     sweep_cells: str = "rnn,lstm1997,lstm,peephole,gru"
     sweep_seeds: int = 3
 
+    def cell_options(self) -> dict[str, float]:
+        """The initial gate biases that are set, as the cell's options (``LSTMOptions``)."""
+        return {k: getattr(self, k) for k in BIAS_FIELDS if getattr(self, k) is not None}
+
     def validate(self) -> None:
         get_task(self.task)
         get_cell(self.cell)  # raises for an unknown cell
         if self.T < MIN_T:
             raise ValueError(f"T must be at least {MIN_T}; got {self.T}")
-        if self.forget_bias is not None:
-            get_cell(self.cell, forget_bias=self.forget_bias)  # raises for cells without f
-        gate_blocks(self.cell, gate_biases(self), self.hidden_size)  # raises for a missing gate
+        order = get_cell(self.cell).gates()
+        for name in ("input_gate_bias", "output_gate_bias"):
+            if getattr(self, name) is not None and BIAS_FIELDS[name] not in order:
+                raise ValueError(
+                    f"{name} needs a cell with gate {BIAS_FIELDS[name]!r}; cell {self.cell!r} "
+                    f"has blocks {'/'.join(order)}"
+                )
+        get_cell(self.cell, **self.cell_options())  # e.g. forget_bias needs a forget gate
         check_at_least(
             self,
             1,
@@ -109,61 +119,8 @@ def sweep_lists(cfg: LagConfig) -> tuple[list[str], list[int], list[str]]:
     return tasks, lengths, cells
 
 
-#: the config fields that set an initial gate bias, and the gate letter (``gates()``) of each
-GATE_BIAS_FIELDS = {"input_gate_bias": "i", "output_gate_bias": "o"}
-
-
-def gate_biases(cfg: LagConfig) -> dict[str, float]:
-    """{gate letter: initial bias} for the gate-bias fields that are set."""
-    out = {}
-    for name, gate in GATE_BIAS_FIELDS.items():
-        value = getattr(cfg, name)
-        if value is None:
-            continue
-        if (
-            not isinstance(value, int | float)
-            or isinstance(value, bool)
-            or not math.isfinite(value)
-        ):
-            raise ValueError(f"{name} must be a finite number or unset; got {value!r}")
-        out[gate] = float(value)
-    return out
-
-
-def gate_blocks(cell: str, biases: dict[str, float], hidden_size: int) -> dict[str, slice]:
-    """{gate letter: rows of that gate's block in (G·H,) biases} of ``cell``, for ``biases``.
-
-    Raises ValueError naming the cell's blocks when ``cell`` has no such gate (e.g. an input
-    gate bias for ``rnn``, or an output gate bias for the ``nog`` variant).
-    """
-    order = get_cell(cell).gates()
-    blocks = {}
-    for gate in biases:
-        if gate not in order:
-            field = next(k for k, v in GATE_BIAS_FIELDS.items() if v == gate)
-            raise ValueError(
-                f"{field} needs a cell with gate {gate!r}; cell {cell!r} has blocks "
-                f"{'/'.join(order)}"
-            )
-        k = order.index(gate)
-        blocks[gate] = slice(k * hidden_size, (k + 1) * hidden_size)
-    return blocks
-
-
-@torch.no_grad()
-def init_gate_biases(layer: nn.Module, cell: str, biases: dict[str, float]) -> None:
-    """Set each named gate's bias to the given value in every layer and direction: the
-    ``bias_ih_l*`` block gets the value and the ``bias_hh_l*`` block 0, so the sum is exact."""
-    blocks = gate_blocks(cell, biases, layer.hidden_size)
-    params = dict(layer.named_parameters())
-    names = [n for n in params if n.startswith("bias_ih_l")]
-    if biases and not names:
-        raise ValueError(f"gate biases need a layer with biases; {cell!r} layer has none")
-    for name in names:
-        hh = params[name.replace("bias_ih_l", "bias_hh_l", 1)]
-        for gate, rows in blocks.items():
-            params[name][rows] = biases[gate]
-            hh[rows] = 0.0
+#: the config fields that set an initial gate bias (LSTMOptions' own), and the gate of each
+BIAS_FIELDS = GATE_BIASES
 
 
 class LagModel(nn.Module):
@@ -174,14 +131,12 @@ class LagModel(nn.Module):
         task: str,
         cell: str,
         hidden_size: int,
-        forget_bias: float | None = None,
-        gate_biases: dict[str, float] | None = None,
+        **options: float,
     ) -> None:
         super().__init__()
         self.spec = get_task(task)
-        kw = {} if forget_bias is None else {"forget_bias": forget_bias}
-        self.rnn = make_layer(cell, self.spec.input_size, hidden_size, **kw)
-        init_gate_biases(self.rnn, cell, gate_biases or {})  # {"i": −2.0, ...}
+        # the cell's options: initial gate biases (forget_bias, input_gate_bias, ...)
+        self.rnn = make_layer(cell, self.spec.input_size, hidden_size, **options)
         self.head = nn.Linear(hidden_size, self.spec.num_outputs)
 
     def forward(self, batch: Batch) -> Tensor:
@@ -257,7 +212,7 @@ def run_lag(cfg: LagConfig, log=print) -> LagResult:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    model = LagModel(cfg.task, cfg.cell, cfg.hidden_size, cfg.forget_bias, gate_biases(cfg))
+    model = LagModel(cfg.task, cfg.cell, cfg.hidden_size, **cfg.cell_options())
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     test = build_test_set(cfg.task, cfg.T, cfg.test_size, cfg.seed)
     make = model.spec.make
