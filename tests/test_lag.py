@@ -48,26 +48,26 @@ def test_criterion_rejects_wrong_shapes():
 
 @pytest.mark.parametrize("cell", ["lstm1997", "lstm"])
 def test_lstm_solves_adding_at_T10(cell):
-    cfg = LagConfig(task="adding", T=10, cell=cell, hidden_size=16, budget=150_000, log_every=0)
+    cfg = LagConfig(task="adding", T=10, cell=cell, hidden_size=16, budget=150_000)
     if cell == "lstm":
         cfg = dataclasses.replace(cfg, forget_bias=1.0)
         assert (LagModel("adding", "lstm", 16, forget_bias=1.0).rnn.bias_ih_l0[16:32] == 1.0).all()
-    r = run_lag(cfg, log=lambda _m: None)
+    r = run_lag(cfg)
     assert r.solved, r
     assert r.test_wrong == 0 and r.test_max_error < 0.04
     assert r.sequences < 150_000 and r.sequences % 32 == 0
 
 
 def test_budget_stops_a_run_that_does_not_solve():
-    cfg = LagConfig(task="order6a", T=100, cell="rnn", hidden_size=8, budget=100, log_every=0)
-    r = run_lag(cfg, log=lambda _m: None)
+    cfg = LagConfig(task="order6a", T=100, cell="rnn", hidden_size=8, budget=100)
+    r = run_lag(cfg)
     assert not r.solved and r.sequences == 100 and r.test_wrong > 0 and r.tests_run == 1
 
 
 @pytest.mark.parametrize("task", ["multiplication", "order6b", "copy"])
 def test_every_task_trains_and_is_judged(task):
-    cfg = LagConfig(task=task, T=10, cell="peephole", hidden_size=4, budget=40, log_every=0)
-    r = run_lag(cfg, log=lambda _m: None)
+    cfg = LagConfig(task=task, T=10, cell="peephole", hidden_size=4, budget=40)
+    r = run_lag(cfg)
     assert r.sequences == 40 and 0 <= r.test_wrong <= 2560 and r.test_error >= 0
 
 
@@ -92,9 +92,8 @@ def test_sweep_writes_table_and_plot(tmp_path):
         sweep_seeds=2,
         budget=64,
         hidden_size=4,
-        out=str(tmp_path / "sweep"),
     )
-    results = run_sweep(cfg, log=lambda _m: None)
+    results = run_sweep(cfg, tmp_path / "sweep", log=lambda _m: None)
     assert len(results) == 2 * 2 * 2
     table = (tmp_path / "sweep" / "results.md").read_text()
     assert "| adding | 12 | lstm | 0/2 |" in table
@@ -111,15 +110,14 @@ def test_sweep_gives_gate_biases_to_the_cells_that_have_the_gate(tmp_path):
         hidden_size=4,
         forget_bias=1.0,
         input_gate_bias=-2.0,
-        out=str(tmp_path / "sweep"),
     )
-    results = run_sweep(cfg, log=lambda _m: None)
+    results = run_sweep(cfg, tmp_path / "sweep", log=lambda _m: None)
     applied = {r.cell: (r.config["forget_bias"], r.config["input_gate_bias"]) for r in results}
     assert applied == {"rnn": (None, None), "lstm1997": (None, -2.0), "lstm": (1.0, -2.0)}
     table = (tmp_path / "sweep" / "results.md").read_text()
     assert "Initial forget_bias 1, input_gate_bias -2 (cells that have the gate)." in table
     with pytest.raises(ValueError, match="input_gate_bias must be a finite number"):
-        run_sweep(dataclasses.replace(cfg, cell="rnn", input_gate_bias=float("inf")))
+        run_sweep(dataclasses.replace(cfg, cell="rnn", input_gate_bias=float("inf")), tmp_path)
 
 
 def test_spectral_radius():
@@ -271,9 +269,7 @@ def test_negative_input_gate_bias_solves_temporal_order():
                 hidden_size=16,
                 input_gate_bias=ib,
                 budget=20_000,
-                log_every=0,
-            ),
-            log=lambda _m: None,
+            )
         )
         for ib in (None, -2.0)
     }

@@ -266,3 +266,18 @@ def test_without_a_terminal_progress_is_a_plain_line(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines() == [f"step {k}/3  loss 1.0" for k in (1, 2, 3)]
+
+
+def test_the_job_is_asked_after_every_step_even_when_an_evaluation_is_due(tmp_path):
+    cfg = ToyConfig(epochs=2, eval_every=1)
+
+    class Asks(ToyJob):
+        asked = 0
+
+        def wants_evaluation(self):
+            self.asked += 1
+            return False
+
+    job = Asks(cfg)
+    _, out = _fit(tmp_path, cfg, job)
+    assert out["step"] == 8 and job.asked == 8 and job.evaluations == 8

@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     tagging_cli.register(sub, jobs)
     handwriting_cli.register(sub, jobs)
     ntm_cli.register(sub, jobs)
-    lag_cli.register(sub)
+    lag_cli.register(sub, jobs)
     inspection_cli.register(sub)
     p = sub.add_parser("eval", help="a checkpoint's scores (of whichever job wrote it)")
     p.add_argument("checkpoint", help="checkpoint file or run folder")
@@ -70,6 +70,7 @@ EVALUATORS = {
     lm_cli.KIND: lm_cli.cmd_eval,
     tagging_cli.KIND: tagging_cli.cmd_eval,
     ntm_cli.KIND: ntm_cli.cmd_eval,
+    lag_cli.KIND: lag_cli.cmd_eval,
 }
 
 #: the checkpoint's job -> the command that plots its run (default: the curves)

@@ -422,8 +422,8 @@ def fit(
                 if cursor.step % cfg.log_every == 0:
                     log.write(**_train_row(cursor, optimizer, job))
                     cursor.window_loss, cursor.window_steps = 0.0, 0
-                due = bool(cfg.eval_every and cursor.step % cfg.eval_every == 0)
-                if due or job.wants_evaluation():
+                wanted = job.wants_evaluation()  # asked every step, even when one is due anyway
+                if wanted or _every(cursor.step, cfg.eval_every):
                     scores, best = evaluate(model, job, cursor, cfg, log, bar, best)
                     evaluated_at = cursor.step
                     reason = cursor.stopped

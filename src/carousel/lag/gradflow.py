@@ -6,13 +6,19 @@ from the loss, at initialisation and after a short training, by running the cell
 step in our own loop with ``retain_grad`` on every state.  The Elman RNN is measured with its
 recurrent matrix scaled to a spectral radius below and above 1; the exploding case is also
 trained with and without gradient-norm clipping.  Shapes: T, B, I, H as in :mod:`carousel`.
+
+The training between the two measurements goes through the shared loop (:func:`fit`) in a
+temporary run folder: it is a few minutes inside a measurement, so it is not resumed.  The
+clipping comparison keeps its own few lines of training: it measures what the loop refuses
+by design, training on through non-finite losses, with gradient norms in float64.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -20,9 +26,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from carousel.cells import CELLS
-from carousel.data.tasks import MIN_T, adding
-from carousel.lag.train import write_atomic
+from carousel.data.tasks import MIN_T, Batch, adding
+from carousel.io import pyplot, save_figure
 from carousel.layers import make_layer
+from carousel.train import Job, TrainSettings, fit, open_run, read_metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +145,47 @@ def state_gradients(net: Net, x: Tensor, target: Tensor) -> dict[str, Tensor]:
     return out
 
 
+class AddingJob(Job):
+    """The training phase for the shared loop: ``train_steps`` batches of fixed-length adding
+    sequences of ``train_T`` steps; evaluated on the probe batch."""
+
+    kind = "gradflow"
+    unit = "MSE"
+    item = "seq"
+
+    def __init__(self, cfg: GradflowConfig, probe: Batch) -> None:
+        self.cfg, self.probe = cfg, probe
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        return self.cfg.train_steps
+
+    def batches(self, epoch: int, start: int) -> Iterator[Batch]:
+        for _ in range(start, self.cfg.train_steps):
+            yield adding(self.cfg.batch_size, self.cfg.train_T, self.gen, fixed_length=True)
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, int]:
+        return F.mse_loss(model(batch.x), batch.target), self.cfg.batch_size
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        return {"loss": float(F.mse_loss(model(self.probe.x), self.probe.target))}
+
+    def describe(self, scores: dict[str, float]) -> str:
+        return f"probe loss (T = {self.cfg.T}) {scores['loss']:.4g}"
+
+
+def train_phase(net: Net, cfg: GradflowConfig, probe: Batch) -> list[float]:
+    """``cfg.train_steps`` Adam steps (clipping at ``cfg.clip``) through the shared loop, in a
+    temporary run folder; returns the loss of every step."""
+    settings = TrainSettings(
+        lr=cfg.lr, clip=cfg.clip, log_every=1, max_loss_factor=0, seed=cfg.seed, threads=cfg.threads
+    )
+    with tempfile.TemporaryDirectory(prefix="carousel-gradflow-") as tmp:
+        with open_run(Path(tmp) / "run", resume=False) as run:
+            fit(net, AddingJob(cfg, probe), settings, run, progress=False)
+            return [r["loss"] for r in read_metrics(run.metrics) if r["kind"] == "train"]
+
+
 def train(
     net: Net,
     cfg: GradflowConfig,
@@ -148,8 +196,9 @@ def train(
     steps: int,
     T: int,
 ):
-    """``steps`` Adam (or plain SGD, ``cfg.sgd_lr``) steps on the adding problem of fixed
-    length T; returns per-step (loss, gradient norm before clipping, in float64)."""
+    """The clipping comparison: ``steps`` Adam (or plain SGD, ``cfg.sgd_lr``) steps on the
+    adding problem of fixed length T, on through non-finite losses; returns per-step (loss,
+    gradient norm before clipping, in float64)."""
     if sgd:
         opt: torch.optim.Optimizer = torch.optim.SGD(net.parameters(), lr=cfg.sgd_lr)
     else:
@@ -182,8 +231,7 @@ def run_gradflow(cfg: GradflowConfig, log=print) -> dict:
         net = Net(st.cell, cfg.hidden_size, st.radius)
         init_state = {k: v.clone() for k, v in net.state_dict().items()}
         before = state_gradients(net, probe.x, probe.target)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        losses, _ = train(net, cfg, cfg.clip, gen, steps=cfg.train_steps, T=cfg.train_T)
+        losses = train_phase(net, cfg, probe) if cfg.train_steps else []
         after = state_gradients(net, probe.x, probe.target)
         measured[st.label] = {"init": before, "trained": after}
         log(_row(st.label, before, after, cfg.T, losses))
@@ -199,11 +247,11 @@ def run_gradflow(cfg: GradflowConfig, log=print) -> dict:
                     clip_runs[name] = run
                     log(f"  {st.label} trained with {name}: {_clip_summary(*run)}")
     out = Path(cfg.out)
-    write_atomic(out, flow_plot(measured, cfg))
+    save_figure(flow_plot(measured, cfg), out, dpi=80)
     log(f"wrote {out}")
     if clip_runs:
         clip_path = out.with_name(out.stem + "-clip" + out.suffix)
-        write_atomic(clip_path, clip_plot(clip_runs, cfg))
+        save_figure(clip_plot(clip_runs, cfg), clip_path, dpi=80)
         log(f"wrote {clip_path}")
     return {"measured": measured, "clip": clip_runs}
 
@@ -234,12 +282,8 @@ def _row(label: str, before: dict, after: dict, T: int, losses: list[float]) -> 
     return f"{label}: at distances {picks}: " + "; ".join(parts) + tail
 
 
-def flow_plot(measured: dict, cfg: GradflowConfig) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def flow_plot(measured: dict, cfg: GradflowConfig):
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, when in zip(axes, ("init", "trained")):
@@ -260,15 +304,11 @@ def flow_plot(measured: dict, cfg: GradflowConfig) -> bytes:
     axes[1].legend(fontsize=7, loc="lower left")
     fig.suptitle(f"Gradient flow on the adding problem, T = {cfg.T}, H = {cfg.hidden_size}")
     fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
-def clip_plot(runs: dict, cfg: GradflowConfig) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def clip_plot(runs: dict, cfg: GradflowConfig):
+    plt = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
     for name, (losses, norms) in runs.items():
         a.plot(losses, label=name, lw=0.8)
@@ -281,13 +321,4 @@ def clip_plot(runs: dict, cfg: GradflowConfig) -> bytes:
         f"(Adam lr {cfg.lr:g}, SGD lr {cfg.sgd_lr:g}; gaps: not finite)"
     )
     fig.tight_layout()
-    return _png(fig)
-
-
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    return buf.getvalue()
+    return fig

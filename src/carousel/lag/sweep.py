@@ -1,22 +1,21 @@
-"""``carousel lag --sweep``: tasks × T × cells × seeds, a markdown table and a PNG."""
+"""``carousel lag --sweep``: tasks × T × cells × seeds, each run through the same job
+(:func:`carousel.lag.train.run_lag`) into its own run folder ``OUT/runs/TASK-TT-CELL-seedS``,
+so a sweep cut short resumes where it stopped when the same command runs again; then a
+markdown table and a PNG."""
 
 from __future__ import annotations
 
 import dataclasses
-import io
+import itertools
 import json
 import statistics
 from pathlib import Path
 
 from carousel.cells import get_cell
-from carousel.lag.train import (
-    BIAS_FIELDS,
-    LagConfig,
-    LagResult,
-    run_lag,
-    sweep_lists,
-    write_atomic,
-)
+from carousel.config import config_to_dict
+from carousel.io import atomic_write, pyplot, save_figure
+from carousel.lag.config import BIAS_FIELDS, LagConfig, sweep_lists
+from carousel.lag.train import LagResult, run_lag
 
 
 def for_cell(cfg: LagConfig, cell: str) -> LagConfig:
@@ -28,34 +27,34 @@ def for_cell(cfg: LagConfig, cell: str) -> LagConfig:
     return dataclasses.replace(cfg, cell=cell, **unset)
 
 
-def run_sweep(cfg: LagConfig, log=print) -> list[LagResult]:
-    """Run every (task, T, cell, seed) of the sweep; write ``results.md``, ``results.json``
-    and ``sweep.png`` into ``cfg.out`` (default ``lag-sweep``) and return the results.
+def run_sweep(
+    cfg: LagConfig, out: str | Path = "lag-sweep", *, progress: bool = False, log=print
+) -> list[LagResult]:
+    """Run every (task, T, cell, seed) of the sweep, each in run folder
+    ``out/runs/TASK-TT-CELL-seedS`` (resumed if it is there: a finished one is only read);
+    write ``results.md``, ``results.json`` and ``sweep.png`` into ``out``; return the results.
 
     Initial gate biases apply to the sweep's cells that have the gate (:func:`for_cell`)."""
-    get_cell("peephole", **cfg.cell_options())  # a bad value fails here (every gate)
+    get_cell("peephole", **cfg.cell_options())  # a bad value fails here (it has every gate)
     for_cell(cfg, cfg.cell).validate()
     tasks, lengths, cells = sweep_lists(cfg)
-    out = Path(cfg.out or "lag-sweep")
+    out = Path(out)
     results: list[LagResult] = []
-    for task in tasks:
-        for T in lengths:
-            for cell in cells:
-                for seed in range(cfg.seed, cfg.seed + cfg.sweep_seeds):
-                    one = dataclasses.replace(
-                        for_cell(cfg, cell), task=task, T=T, seed=seed, log_every=0, out=None
-                    )
-                    r = run_lag(one, log=lambda _msg: None)
-                    verdict = f"solved after {r.sequences:,}" if r.solved else "not solved"
-                    log(
-                        f"{task} T={T} {cell} seed={seed}: {verdict} "
-                        f"({r.test_wrong} test wrong, {r.wall_s:.1f}s)"
-                    )
-                    results.append(r)
-                    # write as we go, so a long sweep leaves its results even if cut short
-                    write_atomic(out / "results.json", _json(results))
-    write_atomic(out / "results.md", sweep_table(results, cfg))
-    write_atomic(out / "sweep.png", sweep_plot(results))
+    for task, T, cell, seed in itertools.product(
+        tasks, lengths, cells, range(cfg.seed, cfg.seed + cfg.sweep_seeds)
+    ):
+        one = dataclasses.replace(for_cell(cfg, cell), task=task, T=T, seed=seed)
+        run = out / "runs" / f"{task}-T{T}-{cell}-seed{seed}"
+        resume = (run / "checkpoint.safetensors").exists()  # refused if its settings differ
+        r = run_lag(one, run, resume=resume, overrides=config_to_dict(one), progress=progress)
+        verdict = f"solved after {r.sequences:,}" if r.solved else "not solved"
+        wall = f"{r.test_wrong} test wrong, {r.wall_s:.1f}s"
+        log(f"{task} T={T} {cell} seed={seed}: {verdict} ({wall})")
+        results.append(r)
+        # write as we go, so a long sweep leaves its results even if cut short
+        atomic_write(out / "results.json", _json(results))
+    atomic_write(out / "results.md", sweep_table(results, cfg))
+    save_figure(sweep_plot(results), out / "sweep.png", dpi=80)
     log(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'sweep.png'}")
     return results
 
@@ -101,13 +100,9 @@ def _biases(cfg: LagConfig) -> str:
     return f" Initial {', '.join(set_)} (cells that have the gate)." if set_ else ""
 
 
-def sweep_plot(results: list[LagResult]) -> bytes:
-    """PNG bytes: per task, the fraction solved and the sequences needed against T."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def sweep_plot(results: list[LagResult]):
+    """A figure: per task, the fraction solved and the sequences needed against T."""
+    plt = pyplot()
     groups = _groups(results)
     tasks = list(dict.fromkeys(r.task for r in results))
     cells = list(dict.fromkeys(r.cell for r in results))
@@ -141,7 +136,4 @@ def sweep_plot(results: list[LagResult]) -> bytes:
         if row[1].lines:
             row[1].legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    return buf.getvalue()
+    return fig

@@ -1,11 +1,17 @@
 """``carousel lag``: train a recurrent layer on a long-time-lag task until the paper's
-criterion holds, or a budget of training sequences is spent.
+criterion holds, or a budget of training sequences is spent, through the shared loop
+(:func:`carousel.train.fit`).
 
 Training uses Adam on minibatches (the 1997 paper used online learning); every training
 sequence is counted.  The stopping rule follows the paper's: once the most recent ``window``
 training sequences were all processed correctly (judged on the prediction made before the
 update), a fixed test set of 2,560 sequences is run; the task is solved when every test
 sequence is correct (:mod:`carousel.lag.criteria`).  Shapes: T, B, I, H as in :mod:`carousel`.
+
+:class:`LagJob` is what is particular to the task: the seeded stream of training batches (one
+``torch.Generator``, checkpointed, so a resumed run draws the same batches), the criterion's
+window (checkpointed too), the test and the verdict.  Every run has a run folder
+(``checkpoint.safetensors``, ``metrics.jsonl``, ``curves.png``, ``result.json``).
 
 ``input_gate_bias`` / ``output_gate_bias`` (and ``forget_bias``) start a gate's bias at a given
 value, the 1997 paper's remedy for internal state drift in the cell without a forget gate
@@ -15,6 +21,7 @@ torch's default initialisation at H = 32 it solved 1 of 3 (EXPERIMENTS.md, "Long
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -22,117 +29,29 @@ import os
 import tempfile
 import time
 from collections import deque
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from carousel.cells import CELLS, get_cell
-from carousel.cells.lstm import GATE_BIASES
-from carousel.config import check_at_least
-from carousel.data.tasks import MIN_T, TASKS, Batch, get_task
+from carousel.checkpoint import load_checkpoint
+from carousel.config import config_from_dict, config_to_dict
+from carousel.data.tasks import TASKS, Batch, get_task
+from carousel.io import atomic_write
+from carousel.lag.config import LagConfig
 from carousel.lag.criteria import correct
 from carousel.layers import make_layer
+from carousel.train import Job, fit, open_run, part, plot_metrics, setup
 
+KIND = "lag"
 EVAL_CHUNK = 512
-
-
-@dataclasses.dataclass(frozen=True)
-class LagConfig:
-    """Settings of ``carousel lag`` (preset ``lag``; the ``sweep_*`` fields apply to
-    ``carousel lag --sweep``, preset ``lag-sweep``)."""
-
-    task: str = "adding"
-    T: int = 100
-    cell: str = "lstm1997"
-    hidden_size: int = 32
-    forget_bias: float | None = None  # initial forget-gate bias (cells with a forget gate)
-    input_gate_bias: float | None = None  # initial input-gate bias; unset: the layer's init
-    output_gate_bias: float | None = None  # initial output-gate bias; unset: the layer's init
-    batch_size: int = 32
-    lr: float = 0.01
-    clip: float = 1.0  # gradient-norm clipping; 0 switches it off
-    budget: int = 500_000  # training sequences before giving up
-    window: int = 2560  # recent training sequences that must all be correct before a test
-    test_size: int = 2560
-    seed: int = 0
-    threads: int = 1
-    log_every: int = 10_000  # training sequences between progress lines; 0: quiet
-    out: str | None = None  # JSON file for the result (``--sweep``: a folder)
-    sweep_tasks: str = "adding"
-    sweep_T: str = "10,20,50"
-    sweep_cells: str = "rnn,lstm1997,lstm,peephole,gru"
-    sweep_seeds: int = 3
-
-    def cell_options(self) -> dict[str, float]:
-        """The initial gate biases that are set, as the cell's options (``LSTMOptions``)."""
-        return {k: getattr(self, k) for k in BIAS_FIELDS if getattr(self, k) is not None}
-
-    def validate(self) -> None:
-        get_task(self.task)
-        get_cell(self.cell)  # raises for an unknown cell
-        if self.T < MIN_T:
-            raise ValueError(f"T must be at least {MIN_T}; got {self.T}")
-        order = get_cell(self.cell).gates()
-        for name in ("input_gate_bias", "output_gate_bias"):
-            if getattr(self, name) is not None and BIAS_FIELDS[name] not in order:
-                raise ValueError(
-                    f"{name} needs a cell with gate {BIAS_FIELDS[name]!r}; cell {self.cell!r} "
-                    f"has blocks {'/'.join(order)}"
-                )
-        get_cell(self.cell, **self.cell_options())  # e.g. forget_bias needs a forget gate
-        check_at_least(
-            self,
-            1,
-            "hidden_size",
-            "batch_size",
-            "budget",
-            "window",
-            "test_size",
-            "threads",
-            "sweep_seeds",
-        )
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive; got {self.lr}")
-        if self.clip < 0 or self.log_every < 0:
-            raise ValueError(f"clip and log_every must be ≥ 0; got {self.clip}, {self.log_every}")
-        for name in sweep_lists(self)[0]:
-            get_task(name)
-        for cell in sweep_lists(self)[2]:
-            if cell not in CELLS:
-                raise ValueError(f"unknown cell {cell!r} in sweep_cells; known: {', '.join(CELLS)}")
-
-
-def sweep_lists(cfg: LagConfig) -> tuple[list[str], list[int], list[str]]:
-    """The sweep's tasks, lengths T and cells from their comma-separated fields."""
-    tasks = [t.strip() for t in cfg.sweep_tasks.split(",") if t.strip()]
-    cells = [c.strip() for c in cfg.sweep_cells.split(",") if c.strip()]
-    try:
-        lengths = [int(t) for t in cfg.sweep_T.split(",") if t.strip()]
-    except ValueError as err:
-        raise ValueError(f"sweep_T must be comma-separated integers; got {cfg.sweep_T!r}") from err
-    if not tasks or not cells or not lengths:
-        raise ValueError("sweep_tasks, sweep_T and sweep_cells must each name at least one")
-    bad = [t for t in lengths if t < MIN_T]
-    if bad:
-        raise ValueError(f"sweep_T values must be at least {MIN_T}; got {bad}")
-    return tasks, lengths, cells
-
-
-#: the config fields that set an initial gate bias (LSTMOptions' own), and the gate of each
-BIAS_FIELDS = GATE_BIASES
 
 
 class LagModel(nn.Module):
     """A recurrent layer of ``cell`` and a linear read-out of its last output(s)."""
 
-    def __init__(
-        self,
-        task: str,
-        cell: str,
-        hidden_size: int,
-        **options: float,
-    ) -> None:
+    def __init__(self, task: str, cell: str, hidden_size: int, **options: float) -> None:
         super().__init__()
         self.spec = get_task(task)
         # the cell's options: initial gate biases (forget_bias, input_gate_bias, ...)
@@ -184,18 +103,34 @@ def build_test_set(task: str, T: int, size: int, seed: int) -> list[Batch]:
     return [make(min(EVAL_CHUNK, size - i), T, gen) for i in range(0, size, EVAL_CHUNK)]
 
 
+def _to(batch: Batch, device: torch.device) -> Batch:
+    return Batch(batch.x.to(device), batch.lengths.to(device), batch.target.to(device))
+
+
 @torch.no_grad()
-def evaluate(model: LagModel, task: str, test: list[Batch]) -> tuple[int, float, float]:
-    """(wrong sequences, mean absolute error, max absolute error) on the test batches."""
+def evaluate(model: LagModel, task: str, test: list[Batch]) -> dict[str, float]:
+    """Scores of ``model`` on the test batches: ``wrong`` sequences, mean and max absolute
+    ``error``, and the mean ``loss`` per sequence."""
+    was_training = model.training
     model.eval()
-    wrong, errs = 0, []
+    device = next(model.parameters()).device
+    wrong, errs, loss, count = 0, [], 0.0, 0
     for batch in test:
-        pred = model.prediction(model(batch))
+        batch = _to(batch, device)
+        raw = model(batch)
+        pred = model.prediction(raw)
         wrong += int((~correct(task, pred, batch.target)).sum())
         errs.append(_abs_error(model.spec.kind, pred, batch.target).flatten())
-    model.train()
+        n = batch.x.size(1)
+        loss, count = loss + float(model.loss(raw, batch)) * n, count + n
+    model.train(was_training)
     err = torch.cat(errs)
-    return wrong, float(err.mean()), float(err.max())
+    return {
+        "loss": loss / count,
+        "wrong": wrong,
+        "error": float(err.mean()),
+        "max_error": float(err.max()),
+    }
 
 
 def _abs_error(kind: str, pred: Tensor, target: Tensor) -> Tensor:
@@ -206,77 +141,162 @@ def _abs_error(kind: str, pred: Tensor, target: Tensor) -> Tensor:
     return (torch.softmax(pred, -1) - nn.functional.one_hot(target, pred.size(-1))).abs()
 
 
-def run_lag(cfg: LagConfig, log=print) -> LagResult:
-    """Train ``cfg.cell`` on ``cfg.task`` until solved or ``cfg.budget`` sequences."""
-    cfg.validate()
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    model = LagModel(cfg.task, cfg.cell, cfg.hidden_size, **cfg.cell_options())
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    test = build_test_set(cfg.task, cfg.T, cfg.test_size, cfg.seed)
-    make = model.spec.make
-    recent: deque[bool] = deque(maxlen=cfg.window)
-    seen, tests_run, solved = 0, 0, False
-    wrong, err, max_err = -1, math.nan, math.nan
-    losses: list[float] = []
-    next_log = cfg.log_every
-    start = time.perf_counter()
-    while seen < cfg.budget:
-        B = min(cfg.batch_size, cfg.budget - seen)
-        batch = make(B, cfg.T, gen)
-        raw = model(batch)
-        loss = model.loss(raw, batch)
-        opt.zero_grad()
-        loss.backward()
-        if cfg.clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        opt.step()
-        seen += B
-        losses.append(loss.item())
-        recent.extend(correct(cfg.task, model.prediction(raw.detach()), batch.target).tolist())
-        if len(recent) == cfg.window and all(recent):
-            wrong, err, max_err = evaluate(model, cfg.task, test)
-            tests_run += 1
-            log(f"  test after {seen:,} sequences: {wrong} of {cfg.test_size} wrong")
-            if wrong == 0:
-                solved = True
-                break
-            recent.clear()
-        if cfg.log_every and seen >= next_log:
-            next_log += cfg.log_every
-            log(
-                f"{seen:>9,} sequences  loss {sum(losses) / len(losses):.4g}  "
-                f"recent correct {sum(recent) / max(len(recent), 1):.3f}  "
-                f"{time.perf_counter() - start:.0f}s"
+class LagJob(Job):
+    """A long-time-lag task for the shared loop: one epoch of ``budget`` sequences in batches
+    drawn from one seeded generator; the paper's criterion decides when to test and when the
+    task is solved."""
+
+    kind = KIND
+    metric = "wrong"
+    item = "seq"
+    COUNTERS = ("seen", "tests", "test_seconds", "last")  # kept in the checkpoint
+
+    def __init__(self, cfg: LagConfig, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        self.spec = get_task(cfg.task)
+        self.unit = "MSE" if self.spec.kind == "regression" else "nats"
+        self.test = build_test_set(cfg.task, cfg.T, cfg.test_size, cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.recent: deque[bool] = deque(maxlen=cfg.window)  # judged before their update
+        self.seen = 0  # training sequences so far
+        self.due = False  # the window asked for the evaluation under way
+        self.tests = 0  # the criterion's tests so far
+        self.test_seconds = 0.0
+        self.last: dict[str, float] = {}  # the last evaluation's scores
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        return -(-self.cfg.budget // self.cfg.batch_size)
+
+    def batches(self, epoch: int, start: int) -> Iterator[Batch]:
+        # the generator's state is the stream's cursor: a resumed run restores it
+        cfg = self.cfg
+        for k in range(start, self.steps_in_epoch(epoch)):
+            yield self.spec.make(
+                min(cfg.batch_size, cfg.budget - k * cfg.batch_size), cfg.T, self.gen
             )
-            losses.clear()
-    if not solved:
-        wrong, err, max_err = evaluate(model, cfg.task, test)
-        tests_run += 1
-    wall = time.perf_counter() - start
-    result = LagResult(
-        cfg.task,
-        cfg.T,
-        cfg.cell,
-        cfg.seed,
-        solved,
-        seen,
-        wrong,
-        err,
-        max_err,
-        tests_run,
-        wall,
-        dataclasses.asdict(cfg),
-    )
+
+    def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, int]:
+        batch = _to(batch, self.device)
+        raw = model(batch)
+        judged = correct(self.cfg.task, model.prediction(raw.detach()), batch.target)
+        self.recent.extend(judged.tolist())
+        self.seen += batch.x.size(1)
+        return model.loss(raw, batch), batch.x.size(1)
+
+    def wants_evaluation(self) -> bool:
+        self.due = len(self.recent) == self.cfg.window and all(self.recent)
+        return self.due
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        start = time.perf_counter()
+        scores = evaluate(model, self.cfg.task, self.test)
+        self.test_seconds += time.perf_counter() - start
+        return scores
+
+    def finished(self, scores: dict[str, float]) -> str | None:
+        """Solved when a test the window asked for has no wrong sequence; other evaluations
+        (the budget's end, Ctrl-C, ``eval_every``) only report."""
+        self.last = scores
+        if not self.due:
+            return None
+        self.due, self.tests = False, self.tests + 1
+        if scores["wrong"] == 0:
+            return "solved"
+        self.recent.clear()
+        return None
+
+    def describe(self, scores: dict[str, float]) -> str:
+        return (
+            f"test after {self.seen:,} sequences: {scores['wrong']} of {self.cfg.test_size} "
+            f"wrong (mean abs error {scores['error']:.4f}, max {scores['max_error']:.4f})"
+        )
+
+    def describe_loss(self, loss: float) -> str:
+        share = sum(self.recent) / max(len(self.recent), 1)
+        return f"loss {loss:.4g} recent correct {share:.3f}"
+
+    def state(self) -> tuple[dict[str, Tensor], Any]:
+        recent = torch.tensor(list(self.recent), dtype=torch.bool)
+        return {"generator": self.gen.get_state(), "recent": recent}, {
+            k: getattr(self, k) for k in self.COUNTERS
+        }
+
+    def load_state(self, tensors: dict[str, Tensor], data: Any) -> None:
+        self.gen.set_state(tensors["generator"])
+        self.recent.extend(tensors["recent"].tolist())
+        for k in self.COUNTERS:
+            setattr(self, k, data[k])
+
+    def result(self, summary: dict[str, Any]) -> LagResult:
+        """The run's verdict from :func:`fit`'s summary and the last test."""
+        cfg, last = self.cfg, self.last
+        solved = summary["reason"] == "solved"
+        return LagResult(
+            cfg.task,
+            cfg.T,
+            cfg.cell,
+            cfg.seed,
+            solved,
+            summary["seen"],
+            int(last.get("wrong", -1)),
+            last.get("error", math.nan),
+            last.get("max_error", math.nan),
+            self.tests + (not solved),  # the criterion's tests, and the final one
+            summary["elapsed"] + self.test_seconds,
+            config_to_dict(cfg),
+        )
+
+
+def run_lag(
+    cfg: LagConfig | None,
+    run: str | os.PathLike | None = None,
+    *,
+    resume: bool = False,
+    overrides: dict[str, Any] | None = None,
+    progress: bool = False,
+    on_checkpoint: Callable[[int], None] | None = None,
+) -> LagResult:
+    """Train ``cfg.cell`` on ``cfg.task`` until solved or ``cfg.budget`` sequences, into run
+    folder ``run`` (a temporary one, removed afterwards, when None), or continue the run there
+    (``resume``; ``overrides`` may change only ``LagConfig.RESUMABLE`` fields).  Writes
+    ``result.json`` and ``curves.png`` into the run folder unless it had nothing to do."""
+    with contextlib.ExitStack() as stack:
+        keep = run is not None
+        if not keep:
+            run = stack.enter_context(tempfile.TemporaryDirectory(prefix="carousel-lag-"))
+        folder = stack.enter_context(open_run(run, resume=resume, kind=KIND))
+        cfg = folder.settings(LagConfig, cfg, overrides)
+        device = setup(cfg)
+        model = LagModel(cfg.task, cfg.cell, cfg.hidden_size, **cfg.cell_options()).to(device)
+        job = LagJob(cfg, device)
+        summary = fit(model, job, cfg, folder, progress=progress, on_checkpoint=on_checkpoint)
+        result = job.result(summary)
+        if keep and summary["scores"]:  # no scores: a finished run, left as it was
+            atomic_write(folder.root / "result.json", result_json(result))
+            plot_metrics(folder.root)
     return result
+
+
+def load_lag(path: str | os.PathLike) -> tuple[LagModel, LagConfig, dict]:
+    """The model, settings and metadata of a lag checkpoint (file or run folder)."""
+    tensors, meta = load_checkpoint(path, kind=KIND)
+    cfg = config_from_dict(LagConfig, meta["config"])
+    model = LagModel(cfg.task, cfg.cell, cfg.hidden_size, **cfg.cell_options())
+    try:
+        model.load_state_dict(part(tensors, "model"))
+    except RuntimeError as err:
+        raise ValueError(f"{path}: the model's tensors do not fit its config ({err})") from err
+    return model, cfg, meta
 
 
 def describe(r: LagResult) -> str:
     """The one-paragraph verdict ``carousel lag`` prints."""
     head = f"{r.task} T={r.T} cell={r.cell} seed={r.seed}: "
+    budget = r.config["budget"]
     if r.solved:
         head += f"solved after {r.sequences:,} training sequences"
+    elif r.sequences < budget:
+        head += f"not solved; stopped after {r.sequences:,} of {budget:,} training sequences"
     else:
         head += f"not solved within the budget of {r.sequences:,} training sequences"
     return (
@@ -286,27 +306,18 @@ def describe(r: LagResult) -> str:
     )
 
 
-def write_atomic(path: str | Path, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; give it an ordinary file's mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def result_json(r: LagResult) -> str:
     return json.dumps(dataclasses.asdict(r), indent=2) + "\n"
 
 
-__all__ = ["TASKS", "LagConfig", "LagModel", "LagResult", "describe", "run_lag"]
+__all__ = [
+    "KIND",
+    "TASKS",
+    "LagConfig",
+    "LagJob",
+    "LagModel",
+    "LagResult",
+    "describe",
+    "load_lag",
+    "run_lag",
+]
