@@ -1,7 +1,8 @@
 """Train and evaluate a UNIPEN handwriting model (isolated digits, or digit strings with
-CTC) on the writer-independent split; prints per-epoch validation scores and a final JSON
-line with validation/test scores, seed and wall time (what EXPERIMENTS.md quotes).  For
-strings it also draws a test string's strokes and per-frame label probabilities (--png).
+CTC) on the writer-independent split, through the shared loop into a run folder (--out;
+default a temporary one): prints per-epoch validation scores and a final JSON line with
+validation/test scores, seed and wall time (what EXPERIMENTS.md quotes).  For strings it
+also draws a test string's strokes and per-frame label probabilities (--png).
 
 Every test score is also given without IBM's box-rescaled samples ("test_clean":
 :func:`carousel.data.unipen.box_rescaled`; strings then composed from the other test
@@ -17,12 +18,11 @@ prints the confusion matrix of each test organisation.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
 import time
-
-import torch
 
 from carousel.config import (
     add_config_arguments,
@@ -37,9 +37,7 @@ from carousel.handwriting import (
     draw_probabilities,
     evaluate_digits,
     evaluate_strings,
-    feature_options,
-    train_digit_classifier,
-    train_string_recogniser,
+    train_handwriting,
 )
 
 
@@ -49,52 +47,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", choices=["digits", "strings"], default="digits")
     parser.add_argument("--preset", default=None, help="default: unipen-<task>")
     parser.add_argument("--png", default=None, help="strings: write the probability figure")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--json-out", default=None, help="append the result line to this file")
+    parser.add_argument("--out", default=None, help="run folder (default: a temporary one)")
     add_config_arguments(parser, HandwritingConfig)
     args = parser.parse_args(argv)
     cfg = resolve_config(
         HandwritingConfig, args.preset or f"unipen-{args.task}", overrides_from_args(args)
     )
-    torch.set_num_threads(args.threads)
+    cfg = dataclasses.replace(cfg, threads=cfg.threads or 1)  # one torch thread unless told
     print(f"config: {config_to_dict(cfg)}  task {args.task}", flush=True)
     start = time.perf_counter()
     parts = split_by_organisation(read_unipen(args.archive))
     print({k: len(v) for k, v in parts.items()}, f"parsed in {time.perf_counter() - start:.0f} s")
-    log = lambda s: print(s, flush=True)  # noqa: E731
     clean = [s for s in parts["test"] if not box_rescaled(s)]
-    options = feature_options(cfg)
+    f = cfg.featurisation
+    model, metrics = train_handwriting(cfg, parts, args.out, task=args.task, data=args.archive)
     if args.task == "digits":
-        model, metrics = train_digit_classifier(cfg, parts, log=log)
-        test_clean = {"accuracy": evaluate_digits(model, clean, cfg.step, **options)}
-        for org, result in metrics["test_by_organisation"].items():
+        test_clean = {"accuracy": evaluate_digits(model, clean, f)}
+        for org, result in metrics["test"]["by_organisation"].items():
             print(f"test {org}: accuracy {100 * result['accuracy']:.2f} %; confusion (rows truth)")
             print("      " + "".join(f"{d:>5}" for d in "0123456789"))
             for d, row in enumerate(result["confusion"]):
                 print(f"    {d} " + "".join(f"{v:>5}" for v in row))
     else:
-        model, metrics = train_string_recogniser(cfg, parts, log=log)
         strings = compose_strings(clean, cfg.eval_strings, cfg.seed + 2, cfg)
         test_clean = {
-            "greedy": evaluate_strings(model, strings, cfg.step, **options),
-            "beam": evaluate_strings(model, strings, cfg.step, cfg.beam_width, **options),
+            "greedy": evaluate_strings(model, strings, f),
+            "beam": evaluate_strings(model, strings, f, cfg.beam_width),
         }
         if args.png:
             strokes, label = compose_strings(parts["test"], 1, cfg.seed + 3, cfg)[0]
-            read = draw_probabilities(
-                model, strokes, args.png, label, cfg.step, **feature_options(cfg)
-            )
+            read = draw_probabilities(model, strokes, args.png, label, f)
             print(f"figure {args.png}: truth {label!r}, read {read!r}")
     result = {
         "task": args.task,
         "config": config_to_dict(cfg),
         "best_epoch": metrics["best_epoch"],
         "validation": metrics["validation"],
-        "test": metrics.get("test"),
+        "test": {k: v for k, v in metrics.get("test", {}).items() if k != "by_organisation"},
         "test_clean": test_clean,
         "test_clean_digits": len(clean),
         "wall_s": round(time.perf_counter() - start, 1),
-        "threads": args.threads,
+        "threads": cfg.threads,
         "machine": platform.processor() or platform.machine(),
     }
     line = json.dumps(result)

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from carousel.data.batching import pad_batch
-from carousel.data.unipen import Sample, line_features
+from carousel.data.strokes import Featurisation, line_features
+from carousel.data.unipen import Sample
 from carousel.handwriting import (
     DigitClassifier,
     HandwritingConfig,
@@ -36,7 +37,7 @@ from carousel.handwriting import (
     train_digit_classifier,
     train_string_recogniser,
 )
-from carousel.handwriting.train import _targets
+from carousel.handwriting.train import ctc_targets
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -152,9 +153,9 @@ def test_tiny_digit_classifier_learns_made_up_digits():
         "test": fake_samples(10, "c", 2),
     }
     cfg = HandwritingConfig(**{**TINY.__dict__, "epochs": 40, "hidden_size": 32, "augment": 0.3})
-    model, metrics = train_digit_classifier(cfg, parts, log=None)
+    model, metrics = train_digit_classifier(cfg, parts, progress=False)
     assert metrics["test"]["accuracy"] == 1.0
-    by_org = metrics["test_by_organisation"]
+    by_org = metrics["test"]["by_organisation"]
     assert list(by_org) == ["c"] and by_org["c"]["accuracy"] == 1.0
     assert np.array_equal(np.diag(by_org["c"]["confusion"])[:5], [2, 2, 2, 2, 2])
     # a second organisation whose digits are drawn upside down: confusion rows are the truth
@@ -181,34 +182,37 @@ def test_tiny_ctc_reader_overfits_a_few_strings(tmp_path):
     # the same 10 strings every epoch: train_strings fixed by a seed that does not change
     strings = compose_strings(digits, 6, 5, TINY)
     model = StringRecogniser(
-        RecogniserShape(kind="string", num_layers=1, hidden_size=24, dropout=0.0)
+        RecogniserShape(task="strings", num_layers=1, hidden_size=24, dropout=0.0)
     )
-    step = 0.1  # coarse resampling: short sequences, a fast test
-    features = [line_features(s, step) for s, _ in strings]
+    coarse = Featurisation(resample_distance=0.1)  # short sequences, a fast test
+    features = [line_features(s, coarse) for s, _ in strings]
     x, lengths = pad_batch(features)
-    flat, target_lengths = _targets([label for _, label in strings])
-    optimiser = torch.optim.Adam(model.parameters(), lr=0.02)
+    flat, target_lengths = ctc_targets([label for _, label in strings])
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
     ctc = torch.nn.CTCLoss(zero_infinity=True)
     model.train()
     for _ in range(400):
         loss = ctc(model(x, lengths), flat, lengths, target_lengths)
-        optimiser.zero_grad()
+        optimizer.zero_grad()
         loss.backward()
-        optimiser.step()
-    scores = evaluate_strings(model, strings, step)
+        optimizer.step()
+    scores = evaluate_strings(model, strings, coarse)
     assert scores == {"cer": 0.0, "string_accuracy": 1.0}
-    assert evaluate_strings(model, strings, step, beam_width=4) == scores
+    assert evaluate_strings(model, strings, coarse, beam_width=4) == scores
     strokes, label = strings[0]
-    assert recognise(model, strokes, step) == label
+    assert recognise(model, strokes, coarse) == label
     png = tmp_path / "figs" / "line.png"
-    assert draw_probabilities(model, strokes, png, label, step) == label
+    assert draw_probabilities(model, strokes, png, label, coarse) == label
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in png.parent.iterdir() if p.name != "line.png"]  # no temp left
     # the training entry point runs end to end and reports greedy and beam scores
     _, metrics = train_string_recogniser(
-        HandwritingConfig(**{**TINY.__dict__, "epochs": 1, "step": step, "augment": 1.0}),
+        HandwritingConfig(
+            **{**TINY.__dict__, "epochs": 1, "resample_distance": 0.1, "augment": 1.0}
+        ),
         parts,
-        log=None,
+        tmp_path / "run",
+        progress=False,
     )
     assert set(metrics["test"]) == {"greedy", "beam"} and 0 <= metrics["test"]["beam"]["cer"]
 
@@ -232,4 +236,4 @@ def test_bad_inputs_raise_value_errors(tmp_path):
 
 
 def tiny_shape():
-    return RecogniserShape(kind="digit", num_layers=1, hidden_size=4, dropout=0.0)
+    return RecogniserShape(task="digits", num_layers=1, hidden_size=4, dropout=0.0)

@@ -11,10 +11,11 @@ import pytest
 
 from carousel.checkpoint import load_checkpoint
 from carousel.cli import main
+from carousel.data.strokes import Featurisation
 from carousel.data.unipen import write_stroke_file
 from carousel.handwriting import cli as handwriting_cli
-from carousel.handwriting.cli import save_recogniser
-from carousel.handwriting.train import recognise, train_digit_classifier
+from carousel.handwriting.recognise import recognise
+from carousel.handwriting.train import train_digit_classifier
 from test_handwriting import TINY, fake_samples, glyph
 
 SENTENCES = [
@@ -105,8 +106,9 @@ def test_read_recognises_a_stroke_file_and_checks_the_checkpoint_kind(
     # arc-length resampling and smoothing: `read` must featurise as training did
     options = {"resampling": "arc", "smooth": 0.03}
     cfg = TINY.__class__(**{**TINY.__dict__, "epochs": 40, "hidden_size": 32, **options})
-    model, metrics = train_digit_classifier(cfg, parts, log=None)
-    ckpt = save_recogniser(tmp_path / "hw", model, cfg, "digits", metrics)
+    train_digit_classifier(cfg, parts, tmp_path / "hw", progress=False)
+    ckpt = tmp_path / "hw" / "checkpoint.safetensors"
+    capsys.readouterr()  # the training's evaluation lines
     assert {k: load_checkpoint(ckpt)[1]["config"][k] for k in options} == options
     strokes = tmp_path / "three.txt"
     write_stroke_file(strokes, glyph(3, random.Random(7)))
@@ -119,7 +121,7 @@ def test_read_recognises_a_stroke_file_and_checks_the_checkpoint_kind(
     monkeypatch.setattr(handwriting_cli, "recognise", spy)
     assert main(["read", str(ckpt), str(strokes)]) == 0
     assert capsys.readouterr().out.strip() == "3"
-    assert seen == options
+    assert seen["featurisation"] == Featurisation(cfg.resample_distance, **options)
 
     assert (
         main(

@@ -228,3 +228,37 @@ def test_gradients_flow_into_every_parameter():
     out, (h, c) = layer(x, lengths=[4, 2])
     g = grads((out, h, c), [x, *layer.parameters()])
     assert all(gi is not None and gi.abs().sum() > 0 for gi in g)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm", "peephole"])
+def test_zero_sequences_as_torch(cell):
+    """A batch of 0 sequences gives (T, 0, D·H) outputs and (L·D, 0, H) states, and backward
+    runs (torch.nn's behaviour); T = 0 is torch.nn's RuntimeError."""
+    layer = carousel.make_layer(cell, 3, 4, num_layers=2, bidirectional=True)
+    out, h = layer(torch.zeros(5, 0, 3))
+    assert out.shape == (5, 0, 8)
+    assert all(s.shape == (4, 0, 4) for s in (h if isinstance(h, tuple) else (h,)))
+    out.sum().backward()
+    with pytest.raises(RuntimeError, match="Expected sequence length to be larger than 0"):
+        layer(torch.zeros(0, 2, 3))
+
+
+def test_flat_weights_follow_weight_norm():
+    """torch.nn's ``_flat_weights`` mirror the current tensors, so weight norm shows there."""
+    lstm = carousel.LSTM(8, 8)
+    x = torch.randn(4, 2, 8)
+    expected, _ = lstm(x)
+    names = ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"]
+    assert lstm._flat_weights_names == names
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.nn.utils.weight_norm(lstm, name="weight_hh_l0")
+    assert sum(isinstance(w, torch.nn.Parameter) for w in lstm._flat_weights) == 3
+    torch.testing.assert_close(lstm(x)[0], expected)
+    torch.nn.utils.remove_weight_norm(lstm, name="weight_hh_l0")
+    assert sum(isinstance(w, torch.nn.Parameter) for w in lstm._flat_weights) == 4
+
+
+def test_rnn_nonlinearity_attribute():
+    assert carousel.RNN(2, 3).nonlinearity == "tanh"
+    assert carousel.RNN(2, 3, 1, "relu").nonlinearity == "relu"

@@ -417,3 +417,19 @@ def test_bad_checkpoints(tmp_path, capsys, trained, corpus, damage):
         code, _, err = _run(argv, capsys)
         _one_line_error(code, err, argv[0], needle)
     assert ckpt.read_bytes() == data
+
+
+def test_resuming_a_finished_run_changes_no_file(tmp_path, capsys, trained):
+    def files():  # .lock names the process holding the folder: the run's own bookkeeping
+        return {
+            p.name: (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in trained.iterdir()
+            if p.name != ".lock"
+        }
+
+    before = files()
+    capsys.readouterr()  # the fixture's own training
+    code, out, _ = _run(["train", "--resume", str(trained), "--no-progress"], capsys)
+    assert code == 0 and "finished (max_steps at step 3); nothing to do" in out
+    assert "curves:" not in out
+    assert files() == before

@@ -104,6 +104,23 @@ def test_the_learning_rate_schedule_decays_per_epoch(tmp_path):
     assert [r["lr"] for r in rows] == [0.1, 0.1, 0.05, 0.025]
 
 
+def test_the_cosine_schedule_is_torchs_cosine_annealing_stepped_per_epoch(tmp_path):
+    cfg = ToyConfig(lr=0.1, lr_schedule="cosine", epochs=5, log_every=4)
+    optimizer = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=cfg.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    torch_lrs = []
+    for _ in range(cfg.epochs):
+        torch_lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert [cfg.lr_at(e) for e in range(5)] == pytest.approx(torch_lrs, rel=1e-12)
+    _fit(tmp_path, cfg)
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["lr"] for r in rows] == [cfg.lr_at(e) for e in range(5)]
+    with pytest.raises(ValueError, match="lr_schedule must be"):
+        ToyConfig(lr_schedule="linear").validate()
+
+
 def test_early_stopping_and_the_best_model(tmp_path):
     cfg = ToyConfig(lr=0.1, epochs=10, patience=2)
 

@@ -12,20 +12,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from carousel.data.unipen import (
+from carousel.data.strokes import (
     FEATURES,
-    Sample,
-    box_rescaled,
+    Featurisation,
     compose_string,
     distort,
     normalise,
     point_features,
-    read_stroke_file,
-    read_unipen,
     resample,
     resample_arc,
     sample_features,
     smooth_strokes,
+)
+from carousel.data.unipen import (
+    Sample,
+    box_rescaled,
+    read_stroke_file,
+    read_unipen,
     split_by_organisation,
     write_stroke_file,
 )
@@ -225,7 +228,7 @@ def test_arc_resampling_spaces_points_evenly_whatever_the_tablet_rate():
     dot = np.array([[1, 1], [1.02, 1]], np.float32)
     assert resample_arc([dot, dot[:1]], 0.1)[0].shape == (1, 2)
     assert resample_arc([dot, dot[:1]], 0.1)[1].shape == (1, 2)
-    with pytest.raises(ValueError, match="step must be positive"):
+    with pytest.raises(ValueError, match="distance must be positive"):
         resample_arc([dense], 0.0)
 
 
@@ -239,11 +242,11 @@ def test_smoothing_removes_a_coordinate_staircase():
     np.testing.assert_allclose(inner[:, 0] - inner[:, 1], 0.05, atol=0.002)
     assert np.ptp(stair[:, 0] - stair[:, 1]) == pytest.approx(0.1)
     np.testing.assert_allclose(smooth_strokes([stair], 0.0)[0], stair)
-    f = sample_features([stair], 0.1, resampling="arc", smooth=0.1)
+    f = sample_features([stair], Featurisation(0.1, resampling="arc", smooth=0.1))
     directions = f[1:, :2] / np.linalg.norm(f[1:, :2], axis=1, keepdims=True)
     np.testing.assert_allclose(directions[3:-3], np.sqrt(0.5), atol=0.05)  # 45° throughout
     with pytest.raises(ValueError, match="resampling must be one of"):
-        sample_features([stair], 0.1, resampling="cubic")
+        sample_features([stair], Featurisation(0.1, resampling="cubic"))
     with pytest.raises(ValueError, match="sigma must be"):
         smooth_strokes([stair], -1.0)
 

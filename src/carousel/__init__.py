@@ -16,6 +16,7 @@ Dimension legend, used in every docstring and ``# (T, B, 4H)`` comment:
 """
 
 from carousel.backends import BACKENDS, Backend, register_backend
+from carousel.cell_modules import GRUCell, LSTMCell, RecurrentCell, RNNCell, make_cell
 from carousel.cells import (
     CELLS,
     FAMILIES,
@@ -27,6 +28,7 @@ from carousel.cells import (
     RNNOptions,
     get_cell,
 )
+from carousel.errors import ArgumentError, ArgumentTypeError
 from carousel.layers import GRU, LSTM, RNN, RecurrentLayer, detach_state, make_layer, reset_state
 
 __version__ = "0.1.0"
@@ -39,15 +41,22 @@ __all__ = [
     "LSTM",
     "LSTM_VARIANTS",
     "RNN",
+    "ArgumentError",
+    "ArgumentTypeError",
     "Backend",
     "CellOptions",
     "Family",
+    "GRUCell",
     "GRUOptions",
+    "LSTMCell",
     "LSTMOptions",
+    "RNNCell",
     "RNNOptions",
+    "RecurrentCell",
     "RecurrentLayer",
     "detach_state",
     "get_cell",
+    "make_cell",
     "make_layer",
     "register_backend",
     "reset_state",

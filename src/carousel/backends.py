@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from carousel.cells import CellOptions
+from carousel.errors import ArgumentError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +148,7 @@ def backend_names() -> tuple[str, ...]:
 
 def check_backend(name: str) -> None:
     if name not in backend_names():
-        raise ValueError(f"backend must be one of {', '.join(backend_names())}; got {name!r}")
+        raise ArgumentError(f"backend must be one of {', '.join(backend_names())}; got {name!r}")
 
 
 def select_backend(name: str, cell: CellOptions, x: Tensor) -> Backend:
@@ -159,7 +160,7 @@ def select_backend(name: str, cell: CellOptions, x: Tensor) -> Backend:
         backend = BACKENDS[name]
         if not backend.supports(cell, x):
             why = backend.unavailable()
-            raise ValueError(
+            raise ArgumentError(
                 f"backend {name!r} cannot run cell family {cell.family!r} on "
                 f"{x.device.type} {x.dtype}{f' ({why})' if why else ''}; "
                 "use backend='auto' or 'reference'"

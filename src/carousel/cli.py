@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 EVALUATORS = {
     lm_cli.KIND: lm_cli.cmd_eval,
     tagging_cli.KIND: tagging_cli.cmd_eval,
+    handwriting_cli.KIND: handwriting_cli.cmd_eval,
     ntm_cli.KIND: ntm_cli.cmd_eval,
     lag_cli.KIND: lag_cli.cmd_eval,
 }

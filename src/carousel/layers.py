@@ -19,8 +19,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from carousel.backends import LayerWeights, check_backend, select_backend
+from carousel.backends import BACKENDS, LayerWeights, check_backend, select_backend
 from carousel.cells import CELLS, FAMILIES, CellOptions, get_cell
+from carousel.errors import ArgumentError, ArgumentTypeError
 
 State = Tensor | tuple[Tensor, ...]
 
@@ -47,7 +48,7 @@ def reset_state(state: State | None, reset: Tensor | Sequence[bool]) -> State | 
     reset = torch.as_tensor(reset, device=tensors[0].device)
     B = tensors[0].size(-2)
     if reset.shape != (B,) or reset.dtype not in (torch.bool, torch.uint8, torch.int64):
-        raise ValueError(
+        raise ArgumentError(
             f"reset must be a (B,) = ({B},) boolean mask; got {reset.dtype} {tuple(reset.shape)}"
         )
     keep = (~reset.bool()).to(tensors[0].dtype).unsqueeze(-1)  # (B, 1)
@@ -56,9 +57,26 @@ def reset_state(state: State | None, reset: Tensor | Sequence[bool]) -> State | 
 
 
 def _check_positive_int(name: str, value: object) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    """``value`` as an int, or torch.nn's TypeError / ValueError (both ArgumentErrors)."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise ArgumentTypeError(
+            f"{name} should be of type int, got: {type(value).__name__} "
+            f"(expected a positive integer; got {value!r})"
+        )
+    if value <= 0:
+        raise ArgumentError(
+            f"{name} must be greater than zero (expected a positive integer; got {value})"
+        )
     return int(value)
+
+
+def _check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ArgumentTypeError(
+            f"{name} should be of type bool, got: {type(value).__name__} "
+            f"(expected True or False; got {value!r})"
+        )
+    return value
 
 
 class RecurrentLayer(nn.Module):
@@ -103,15 +121,18 @@ class RecurrentLayer(nn.Module):
         self.input_size = _check_positive_int("input_size", input_size)
         self.hidden_size = _check_positive_int("hidden_size", hidden_size)
         self.num_layers = _check_positive_int("num_layers", num_layers)
-        for name, flag in (
-            ("bias", bias),
-            ("batch_first", batch_first),
-            ("bidirectional", bidirectional),
+        _check_bool("bias", bias)
+        _check_bool("batch_first", batch_first)
+        _check_bool("bidirectional", bidirectional)
+        if (
+            not isinstance(dropout, numbers.Real)
+            or isinstance(dropout, bool)
+            or not 0 <= dropout <= 1
         ):
-            if not isinstance(flag, bool):
-                raise ValueError(f"{name} must be True or False; got {flag!r}")
-        if not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
-            raise ValueError(f"dropout must be a number in [0, 1]; got {dropout!r}")
+            raise ArgumentError(
+                "dropout should be a number in range [0, 1] representing the probability of "
+                f"an element being zeroed; got {dropout!r}"
+            )
         if dropout > 0 and num_layers == 1:
             warnings.warn(
                 "dropout acts between stacked layers; with num_layers=1 it does nothing "
@@ -120,7 +141,7 @@ class RecurrentLayer(nn.Module):
                 stacklevel=2,
             )
         if cell.needs_bias() and not bias:
-            raise ValueError(f"{cell!r} sets an initial bias, so it needs bias=True; got False")
+            raise ArgumentError(f"{cell!r} sets an initial bias, so it needs bias=True; got False")
         check_backend(backend)
         self.bias = bias
         self.batch_first = batch_first
@@ -170,6 +191,28 @@ class RecurrentLayer(nn.Module):
             peep={p: params[f"weight_{p}"] for p in self.cell.peephole_names()},
         )
 
+    @property
+    def _flat_weights_names(self) -> list[str]:
+        """torch.nn's list of weight names, layer by layer, direction by direction."""
+        return [name for names in self._weight_names for name in names]
+
+    @property
+    def _all_weights(self) -> list[list[str]]:
+        """torch.nn's weight names per layer-direction (k·D + d)."""
+        return [list(names) for names in self._weight_names]
+
+    @property
+    def _flat_weights(self) -> list[Tensor | None]:
+        """The current tensors under ``_flat_weights_names``, read afresh each time, so a
+        reparametrisation (``torch.nn.utils.weight_norm``, ``parametrizations``, pruning)
+        shows here as in torch.nn."""
+        return [getattr(self, name, None) for name in self._flat_weights_names]
+
+    @property
+    def all_weights(self) -> list[list[Tensor]]:
+        """torch.nn's ``all_weights``: the tensors of each layer-direction."""
+        return [[getattr(self, name) for name in names] for names in self._weight_names]
+
     def flatten_parameters(self) -> None:
         """Kept for code written for torch.nn; carousel's parameters need no flattening."""
 
@@ -203,10 +246,21 @@ class RecurrentLayer(nn.Module):
         state = self._prepare_state(hx, x, unbatched)
         if reset is not None:
             state = reset_state(state, reset)
+        if torch.onnx.is_in_onnx_export():  # ONNX's own recurrent operators, one per layer
+            from carousel.onnx_export import export_layers
+
+            if packed is not None:
+                raise ArgumentError(
+                    "ONNX export takes padded input (T, B, I) with lengths=; got a PackedSequence"
+                )
+            return self._finish(*export_layers(self, x, state, lengths), packed, unbatched)
 
         finals: list[tuple[Tensor, ...]] = []
         for k in range(self.num_layers):
-            backend = select_backend(self.backend, self.cell, x)
+            if x.size(1) == 0:  # no sequences: autograd through the equations, as torch.nn
+                backend = BACKENDS["reference"]
+            else:
+                backend = select_backend(self.backend, self.cell, x)
             idxs = [k * self.num_directions + d for d in range(self.num_directions)]
             states = tuple(tuple(s[idx] for s in state) for idx in idxs)
             weights = tuple(self.layer_weights(idx) for idx in idxs)
@@ -224,6 +278,16 @@ class RecurrentLayer(nn.Module):
                 x = nn.functional.dropout(x, self.dropout, training=True)
 
         h_n = tuple(torch.stack(parts) for parts in zip(*finals))  # each (L·D, B, H)
+        return self._finish(x, h_n, packed, unbatched)
+
+    def _finish(
+        self,
+        x: Tensor,
+        h_n: tuple[Tensor, ...],
+        packed: PackedSequence | None,
+        unbatched: bool,
+    ) -> tuple[Tensor | PackedSequence, State]:
+        """torch.nn's return values from x (T, B, D·H) and the final states (L·D, B, H)."""
         if unbatched:
             x, h_n = x.squeeze(1), tuple(s.squeeze(1) for s in h_n)
         output: Tensor | PackedSequence
@@ -240,7 +304,7 @@ class RecurrentLayer(nn.Module):
         packed, unbatched = None, False
         if isinstance(input, PackedSequence):
             if lengths is not None:
-                raise ValueError("pass either a PackedSequence or lengths, not both")
+                raise ArgumentError("pass either a PackedSequence or lengths, not both")
             packed = input
             x, lengths = pad_packed_sequence(input)  # (T, B, I), original batch order
             x = self._from_autocast(x)
@@ -249,7 +313,7 @@ class RecurrentLayer(nn.Module):
             input = self._from_autocast(input)
             self._check_tensor("input", input)
             if input.dim() not in (2, 3):
-                raise ValueError(
+                raise ArgumentError(
                     "expected input of rank 3, (T, B, I) or (B, T, I) with batch_first, or "
                     f"rank 2 (T, I) unbatched; got rank {input.dim()} with shape "
                     f"{tuple(input.shape)}"
@@ -260,18 +324,25 @@ class RecurrentLayer(nn.Module):
             else:
                 x = input.transpose(0, 1) if self.batch_first else input
         else:
-            raise ValueError(
+            raise ArgumentTypeError(
                 f"expected input to be a Tensor or PackedSequence; got {type(input).__name__}"
             )
         if x.size(-1) != self.input_size:
-            raise ValueError(
-                f"expected input with {self.input_size} features (input_size); got "
-                f"{x.size(-1)} (input shape {tuple(x.shape)})"
+            raise ArgumentError(
+                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got "
+                f"{x.size(-1)} (features of each step; input shape {tuple(x.shape)})"
             )
         T, B = x.size(0), x.size(1)
-        if T == 0 or B == 0:
-            raise ValueError(f"expected at least one time step and one sequence; got T={T}, B={B}")
-        if lengths is not None:
+        if T == 0:
+            raise ArgumentError(
+                "Expected sequence length to be larger than 0 in RNN (expected T >= 1; got "
+                f"input shape {tuple(x.shape)})"
+            )
+        if lengths is not None and torch.onnx.is_in_onnx_export():
+            lengths = torch.as_tensor(lengths)  # values are data: ONNX's sequence_lens
+            if lengths.shape != (B,):
+                raise ArgumentError(f"lengths must have shape (B,); got {tuple(lengths.shape)}")
+        elif lengths is not None:
             lengths = _check_lengths(lengths, T, B, x.device)
         return x, lengths, packed, unbatched
 
@@ -291,16 +362,26 @@ class RecurrentLayer(nn.Module):
         return t
 
     def _check_tensor(self, what: str, t: Tensor) -> None:
+        """``t`` (the input or a state) in the parameters' dtype, on their device; torch's
+        wording for the input."""
         ref = self.weight_ih_l0
         if not t.is_floating_point():
-            raise ValueError(f"expected {what} of a floating-point dtype; got {t.dtype}")
+            raise ArgumentError(f"expected {what} of a floating-point dtype; got {t.dtype}")
         if t.dtype != ref.dtype:
-            raise ValueError(
+            if what == "input":
+                raise ArgumentError(
+                    f"RNN input dtype ({t.dtype}) does not match weight dtype ({ref.dtype}): "
+                    f"expected input of dtype {ref.dtype} (the parameters'); got {t.dtype}. "
+                    f"Convert input: input.to({ref.dtype}), or convert model: model.to({t.dtype})"
+                )
+            raise ArgumentError(
                 f"expected {what} of dtype {ref.dtype} (the parameters'); got {t.dtype}"
             )
         if t.device != ref.device:
-            raise ValueError(
-                f"expected {what} on {ref.device} (the parameters' device); got {t.device}"
+            kind = "parameter" if what == "input" else "hidden"
+            raise ArgumentError(
+                f"Input and {kind} tensors are not at the same device: expected {what} on "
+                f"{ref.device} (the parameters' device); got {t.device}"
             )
 
     def _prepare_state(self, hx: State | None, x: Tensor, unbatched: bool) -> tuple[Tensor, ...]:
@@ -313,16 +394,17 @@ class RecurrentLayer(nn.Module):
         parts = (hx,) if isinstance(hx, Tensor) else tuple(hx)
         if len(parts) != len(names) or not all(isinstance(p, Tensor) for p in parts):
             want = "a tensor h0" if len(names) == 1 else "a tuple (h0, c0)"
-            raise ValueError(
+            raise ArgumentTypeError(
                 f"expected hx to be {want} for a {self.cell.family} layer; got "
                 f"{type(hx).__name__} of {len(parts)}"
             )
         want_shape = (LD, H) if unbatched else (LD, B, H)
-        for name, p in zip(names, parts):
+        for i, (name, p) in enumerate(zip(names, parts)):
             if tuple(p.shape) != want_shape:
-                raise ValueError(
-                    f"expected {name}0 of shape {want_shape} (L·D, {'' if unbatched else 'B, '}H);"
-                    f" got {tuple(p.shape)}"
+                which = "hidden" if len(names) == 1 else f"hidden[{i}]"
+                raise ArgumentError(
+                    f"Expected {which} size {want_shape}, got {list(p.shape)} "
+                    f"({name}0 is (L·D, {'' if unbatched else 'B, '}H))"
                 )
             self._check_tensor(f"{name}0", p)
         return tuple(p.unsqueeze(1) for p in parts) if unbatched else parts
@@ -352,14 +434,16 @@ def _check_lengths(
     try:
         lengths = torch.as_tensor(lengths)
     except (TypeError, ValueError, RuntimeError) as err:
-        raise ValueError(f"lengths must be B = {B} integers; got {lengths!r}") from err
+        raise ArgumentError(f"lengths must be B = {B} integers; got {lengths!r}") from err
     if lengths.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-        raise ValueError(f"lengths must be integers; got dtype {lengths.dtype}")
+        raise ArgumentError(f"lengths must be integers; got dtype {lengths.dtype}")
     if lengths.shape != (B,):
-        raise ValueError(f"lengths must have shape (B,) = ({B},); got {tuple(lengths.shape)}")
+        raise ArgumentError(f"lengths must have shape (B,) = ({B},); got {tuple(lengths.shape)}")
+    if B == 0:
+        return None
     lo, hi = int(lengths.min()), int(lengths.max())
     if lo < 1 or hi > T:
-        raise ValueError(f"lengths must lie in 1..T = 1..{T}; got values from {lo} to {hi}")
+        raise ArgumentError(f"lengths must lie in 1..T = 1..{T}; got values from {lo} to {hi}")
     if lo == T:
         return None
     return lengths.to(device=device, dtype=torch.int64)
@@ -373,6 +457,14 @@ def _repack(x: Tensor, like: PackedSequence) -> PackedSequence:
         x = x.index_select(1, order.to(x.device))
     data = pack_padded_sequence(x, lengths, enforce_sorted=True).data
     return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+
+
+def _refuse_proj_size(kwargs: dict) -> None:
+    if "proj_size" in kwargs:
+        raise ArgumentError(
+            "proj_size argument is only supported for LSTM, not RNN or GRU "
+            f"(got proj_size={kwargs['proj_size']!r})"
+        )
 
 
 class RNN(RecurrentLayer):
@@ -396,6 +488,7 @@ class RNN(RecurrentLayer):
         variant: str = "rnn",
         **kwargs,
     ) -> None:
+        _refuse_proj_size(kwargs)
         cell, kwargs = variant_cell("rnn", variant, {"nonlinearity": nonlinearity, **kwargs})
         super().__init__(
             cell,
@@ -408,6 +501,7 @@ class RNN(RecurrentLayer):
             bidirectional,
             **kwargs,
         )
+        self.nonlinearity = nonlinearity
 
 
 class GRU(RecurrentLayer):
@@ -427,6 +521,7 @@ class GRU(RecurrentLayer):
         variant: str = "gru",
         **kwargs,
     ) -> None:
+        _refuse_proj_size(kwargs)
         cell, kwargs = variant_cell("gru", variant, kwargs)
         super().__init__(
             cell,
@@ -489,7 +584,9 @@ def variant_cell(family: str, variant: str, kwargs: dict) -> tuple[CellOptions, 
     and the remaining (layer) keywords."""
     if variant not in CELLS or CELLS[variant].family != family:
         known = [n for n, c in CELLS.items() if c.family == family]
-        raise ValueError(f"unknown {family.upper()} variant {variant!r}; known: {', '.join(known)}")
+        raise ArgumentError(
+            f"unknown {family.upper()} variant {variant!r}; known: {', '.join(known)}"
+        )
     layer_kw = {k: kwargs[k] for k in _LAYER_KEYWORDS if k in kwargs}
     switches = {k: v for k, v in kwargs.items() if k not in _LAYER_KEYWORDS}
     return get_cell(variant, **switches), layer_kw
@@ -500,6 +597,6 @@ def make_layer(cell: str, input_size: int, hidden_size: int, **kwargs) -> Recurr
     layer class (:data:`carousel.cells.FAMILIES`) — built with torch.nn's arguments and the
     family's switches."""
     if cell not in CELLS:
-        raise ValueError(f"unknown cell {cell!r}; known: {', '.join(CELLS)}")
+        raise ArgumentError(f"unknown cell {cell!r}; known: {', '.join(CELLS)}")
     layer = FAMILIES[CELLS[cell].family].layer_class()
     return layer(input_size, hidden_size, variant=cell, **kwargs)

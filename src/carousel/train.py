@@ -76,6 +76,7 @@ class TrainSettings:
 
     optimizer: str = "adam"  # "sgd" or "adam" (torch.optim)
     lr: float = 1e-3
+    lr_schedule: str = "step"  # "step": lr_decay as below; "cosine": half a cosine to 0
     lr_decay: float = 1.0  # multiply the learning rate by this after each epoch ...
     decay_after: int = 0  # ... once this many epochs are done
     weight_decay: float = 0.0
@@ -110,6 +111,8 @@ class TrainSettings:
     def validate(self) -> None:
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer must be 'sgd' or 'adam'; got {self.optimizer!r}")
+        if self.lr_schedule not in ("step", "cosine"):
+            raise ValueError(f"lr_schedule must be 'step' or 'cosine'; got {self.lr_schedule!r}")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"device must be cpu, cuda or auto; got {self.device!r}")
         check_at_least(self, 1, "epochs", "log_every", "max_steps", "threads")
@@ -122,8 +125,12 @@ class TrainSettings:
             raise ValueError(f"max_loss_factor must be ≥ 0; got {self.max_loss_factor}")
 
     def lr_at(self, epoch: int) -> float:
-        """The learning rate of epoch ``epoch`` (0-based): ``lr`` for the first
-        ``decay_after`` epochs (at least one), then multiplied by ``lr_decay`` once per epoch."""
+        """The learning rate of epoch ``epoch`` (0-based).  ``"step"``: ``lr`` for the first
+        ``decay_after`` epochs (at least one), then multiplied by ``lr_decay`` once per epoch;
+        ``"cosine"``: ``lr · (1 + cos(π · epoch / epochs)) / 2``, torch's CosineAnnealingLR
+        stepped once an epoch."""
+        if self.lr_schedule == "cosine":
+            return self.lr * (1 + math.cos(math.pi * min(epoch, self.epochs) / self.epochs)) / 2
         return self.lr * self.lr_decay ** max(0, epoch + 1 - max(self.decay_after, 1))
 
 
@@ -198,6 +205,7 @@ class Cursor:
     best: float | None = None  # the best score of job.metric so far
     best_step: int = -1
     stale: int = 0  # evaluations since the best one (early stopping)
+    evaluated: int = -1  # the step of the last evaluation (a resumed run does not repeat it)
     first_loss: float | None = None  # the run's first training loss (divergence test)
     window_loss: float = 0.0  # sum of step losses since the last training row
     window_steps: int = 0
@@ -344,7 +352,8 @@ def fit(
 ) -> dict[str, Any]:
     """Train ``model`` on ``job`` with settings ``cfg`` into ``run`` (new, or resumed).
 
-    Returns the final cursor with ``reason`` (``done``, ``max_steps``, ``max_minutes``,
+    Returns the final cursor with ``trained`` (False: the run was already finished and
+    nothing was done or written), ``reason`` (``done``, ``max_steps``, ``max_minutes``,
     ``early_stop`` or the job's own, e.g. ``solved``), the last ``scores`` and
     ``valid_loss`` (the last evaluation's loss, NaN if it reports none).  With
     ``job.keep_best`` the model ends with its best-scoring weights.  Raises
@@ -376,6 +385,7 @@ def fit(
             "reason": reason,
             "scores": {},
             "valid_loss": math.nan,
+            "trained": False,
         }
 
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
@@ -385,7 +395,7 @@ def fit(
     bar = Progress(_planned_steps(job, cfg), cursor.step, enabled=progress and main, echo=echo)
     stop = StopFlag()
     scores: dict[str, float] = {}
-    evaluated_at = saved_at = -1
+    saved_at = -1
     net.train()
     with stop.catching():
         while reason is None:
@@ -425,12 +435,11 @@ def fit(
                 wanted = job.wants_evaluation()  # asked every step, even when one is due anyway
                 if wanted or _every(cursor.step, cfg.eval_every):
                     scores, best = evaluate(model, job, cursor, cfg, log, bar, best)
-                    evaluated_at = cursor.step
                     reason = cursor.stopped
                 if stop.requested:
                     reason = "interrupted"
                 if reason is None and (
-                    evaluated_at == cursor.step or _every(cursor.step, cfg.checkpoint_every)
+                    cursor.evaluated == cursor.step or _every(cursor.step, cfg.checkpoint_every)
                 ):
                     save(run, model, optimizer, job, cursor, cfg, best)
                     saved_at = cursor.step
@@ -439,9 +448,8 @@ def fit(
             if reason is not None:
                 break
             # the epoch is over: evaluate, move on, save
-            if evaluated_at != cursor.step:
+            if cursor.evaluated != cursor.step:
                 scores, best = evaluate(model, job, cursor, cfg, log, bar, best)
-                evaluated_at = cursor.step
             reason = cursor.stopped
             cursor.epoch, cursor.batch = cursor.epoch + 1, 0
             save(run, model, optimizer, job, cursor, cfg, best)
@@ -449,7 +457,7 @@ def fit(
             if on_checkpoint is not None:
                 on_checkpoint(cursor.step)
         if saved_at != cursor.step:  # stopped mid-epoch: evaluate and save where it stands
-            if evaluated_at != cursor.step:
+            if cursor.evaluated != cursor.step:
                 scores, best = evaluate(model, job, cursor, cfg, log, bar, best)
             save(run, model, optimizer, job, cursor, cfg, best)
             if on_checkpoint is not None:
@@ -465,6 +473,7 @@ def fit(
         "reason": reason or "done",
         "scores": scores,
         "valid_loss": scores.get("loss", math.nan),
+        "trained": True,
     }
 
 
@@ -555,6 +564,7 @@ def evaluate(
             scores = job.evaluate(model)
         model.train(was_training)
     scores = ddp.share(scores)
+    cursor.evaluated = cursor.step
     value = scores.get(job.metric)
     if value is None:
         raise ValueError(f"the {job.kind} job's evaluation holds no {job.metric!r} score")
@@ -734,7 +744,8 @@ def plot_metrics(run: str | os.PathLike, out: str | os.PathLike | None = None) -
         ax.plot(steps, losses, "o-", label="validation", lw=2)
     ax.set(xlabel="step", ylabel=f"loss ({unit})", title=f"carousel: {Path(run).name}")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if train or scored:
+        ax.legend()
     if others:
         for key in others:
             points = [(r["step"], r[key]) for r in valid if _number(r.get(key))]

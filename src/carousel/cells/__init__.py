@@ -36,6 +36,7 @@ from carousel.cells.base import CellOptions
 from carousel.cells.gru import GRUOptions
 from carousel.cells.lstm import LSTMOptions
 from carousel.cells.rnn import RNNOptions
+from carousel.errors import ArgumentError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +92,7 @@ def get_cell(name: str, **options: object) -> CellOptions:
     Raises ``ValueError`` for an unknown name or option, or a combination that makes no sense.
     """
     if name not in CELLS:
-        raise ValueError(f"unknown cell {name!r}; known: {', '.join(CELLS)}")
+        raise ArgumentError(f"unknown cell {name!r}; known: {', '.join(CELLS)}")
     return CELLS[name].replace(**options)
 
 

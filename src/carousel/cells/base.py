@@ -18,6 +18,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from carousel.errors import ArgumentError
+
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "tanh": torch.tanh,
     "sigmoid": torch.sigmoid,
@@ -29,7 +31,7 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 def check_choice(what: str, value: object, allowed: tuple[str, ...]) -> None:
     """Raise ``ValueError`` naming ``what`` unless ``value`` is one of ``allowed``."""
     if value not in allowed:
-        raise ValueError(f"{what} must be one of {', '.join(allowed)}; got {value!r}")
+        raise ArgumentError(f"{what} must be one of {', '.join(allowed)}; got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +110,7 @@ class CellOptions(abc.ABC):
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(changes) - known)
         if unknown:
-            raise ValueError(
+            raise ArgumentError(
                 f"unknown {self.family} option(s) {', '.join(unknown)}; "
                 f"known: {', '.join(sorted(known)) or 'none'}"
             )

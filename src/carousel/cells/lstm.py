@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from carousel.cells.base import ACTIVATIONS, CellOptions, check_choice
+from carousel.errors import ArgumentError
 
 INPUT_ACTIVATIONS = ("tanh", "sigmoid", "identity")
 OUTPUT_ACTIVATIONS = ("tanh", "identity")
@@ -89,28 +90,30 @@ class LSTMOptions(CellOptions):
         for name in ("forget_gate", "input_gate", "output_gate", "peepholes", "coupled"):
             value = getattr(self, name)
             if not isinstance(value, bool):
-                raise ValueError(f"{name} must be True or False; got {value!r}")
+                raise ArgumentError(f"{name} must be True or False; got {value!r}")
         check_choice("input_activation", self.input_activation, INPUT_ACTIVATIONS)
         check_choice("output_activation", self.output_activation, OUTPUT_ACTIVATIONS)
         if self.coupled and not self.input_gate:
-            raise ValueError("coupled=True (f = 1 − i) needs input_gate=True; got input_gate=False")
+            raise ArgumentError(
+                "coupled=True (f = 1 − i) needs input_gate=True; got input_gate=False"
+            )
         if self.coupled and not self.forget_gate:
-            raise ValueError(
+            raise ArgumentError(
                 "coupled=True makes the forget gate 1 − i, so it needs forget_gate=True; "
                 "got forget_gate=False"
             )
         if self.peepholes and not self.peephole_names():
-            raise ValueError("peepholes=True needs at least one gate; this variant has none")
+            raise ArgumentError("peepholes=True needs at least one gate; this variant has none")
         for name, gate in GATE_BIASES.items():
             value = getattr(self, name)
             if value is None:
                 continue
             if not isinstance(value, int | float) or isinstance(value, bool):
-                raise ValueError(f"{name} must be a number or None; got {value!r}")
+                raise ArgumentError(f"{name} must be a number or None; got {value!r}")
             if not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number; got {value}")
+                raise ArgumentError(f"{name} must be a finite number; got {value}")
             if gate not in self.gates():
-                raise ValueError(
+                raise ArgumentError(
                     f"{name} needs {GATE_NAMES[gate]} with its own weights; this variant has "
                     f"blocks {'/'.join(self.gates())}"
                 )

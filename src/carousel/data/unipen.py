@@ -1,5 +1,7 @@
-"""UNIPEN online handwriting: parser, writer-independent split, per-point features, and
-digit strings composed from isolated digits.
+"""UNIPEN online handwriting: the archive's parser, the writer-independent split by
+contributing organisation, and stroke files in UNIPEN's notation (what ``carousel read``
+reads).  What is done with the strokes (features, composed lines) is
+:mod:`carousel.data.strokes`.
 
 The parser reads straight from ``unipen_1a.tar.gz`` (root ``train_r01_v07/``): every
 segmentation file ``data/1a/ORG/**.dat`` ``.INCLUDE``\\s files under ``include/`` holding
@@ -21,13 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import posixpath
-import random
 import re
 import tarfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from carousel.io import atomic_write
 
 ROOT = "train_r01_v07/"
 
@@ -265,198 +268,6 @@ def split_by_organisation(
     return out
 
 
-# ---------------------------------------------------------------------------- features
-def distort(
-    strokes: Sequence[np.ndarray], rng: np.random.Generator, strength: float = 1.0
-) -> list[np.ndarray]:
-    """A random affine distortion about the strokes' centre for training-time augmentation:
-    rotation up to ±0.15·strength rad, shear up to ±0.3·strength, horizontal stretch by
-    exp(±0.2·strength).  ``strength`` 0 returns copies unchanged."""
-    if strength < 0:
-        raise ValueError(f"strength must be ≥ 0; got {strength}")
-    angle = rng.uniform(-0.15, 0.15) * strength
-    shear = rng.uniform(-0.3, 0.3) * strength
-    stretch = float(np.exp(rng.uniform(-0.2, 0.2) * strength))
-    c, s = np.cos(angle), np.sin(angle)
-    matrix = np.array([[c, -s], [s, c]]) @ np.array([[stretch, shear], [0.0, 1.0]])
-    centre = np.concatenate(strokes).mean(0)
-    return [((p - centre) @ matrix.T + centre).astype(np.float32) for p in strokes]
-
-
-def normalise(strokes: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Strokes scaled to unit height (y spans [-0.5, 0.5]; a flat sample is scaled by its
-    width instead), x starting at 0, aspect ratio kept."""
-    points = np.concatenate(strokes)
-    lo, hi = points.min(0), points.max(0)
-    height = hi[1] - lo[1]
-    scale = height if height > 0.2 * (hi[0] - lo[0]) else max(hi[0] - lo[0], 1e-6)
-    centre = np.array([lo[0], (lo[1] + hi[1]) / 2], dtype=np.float32)
-    return [((s - centre) / scale).astype(np.float32) for s in strokes]
-
-
-def resample(strokes: Sequence[np.ndarray], step: float) -> list[np.ndarray]:
-    """Drop points closer than ``step`` to the last kept point of their stroke (keeping each
-    stroke's first and last point), so the rate of the tablet stops mattering."""
-    out = []
-    for s in strokes:
-        keep = [0]
-        for i in range(1, len(s)):
-            if np.hypot(*(s[i] - s[keep[-1]])) >= step:
-                keep.append(i)
-        if keep[-1] != len(s) - 1:
-            keep.append(len(s) - 1)
-        out.append(s[keep])
-    return out
-
-
-RESAMPLINGS = ("drop", "arc")
-
-
-def _arc_positions(stroke: np.ndarray) -> np.ndarray:
-    """Cumulative arc length at each point of an (n, 2) stroke: (n,)."""
-    return np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(stroke, axis=0).T))])
-
-
-def _interpolate(stroke: np.ndarray, count: int) -> np.ndarray:
-    """``count`` ≥ 2 points at equal arc-length spacing along ``stroke`` (its first and last
-    point included); a stroke of zero length gives its first point alone."""
-    s = _arc_positions(stroke.astype(np.float64))
-    if s[-1] <= 0:
-        return stroke[:1].astype(np.float32)
-    keep = np.concatenate([[True], np.diff(s) > 0])  # drop repeated points
-    s, points = s[keep], stroke[keep].astype(np.float64)
-    at = np.linspace(0.0, s[-1], count)
-    return np.column_stack([np.interp(at, s, points[:, 0]), np.interp(at, s, points[:, 1])])
-
-
-def resample_arc(strokes: Sequence[np.ndarray], step: float) -> list[np.ndarray]:
-    """Each stroke re-drawn through points at equal arc-length spacing of about ``step``
-    (round(length / step) intervals, first and last point kept, linear interpolation), so
-    sparse and dense tablets alike give one point every ``step``; a stroke shorter than
-    ``step / 2`` (a dot) keeps its first point only."""
-    if not step > 0:
-        raise ValueError(f"step must be positive; got {step}")
-    out = []
-    for stroke in strokes:
-        length = float(_arc_positions(stroke.astype(np.float64))[-1])
-        intervals = round(length / step)
-        if intervals == 0:
-            out.append(stroke[:1].astype(np.float32))
-        else:
-            out.append(_interpolate(stroke, intervals + 1).astype(np.float32))
-    return out
-
-
-def smooth_strokes(strokes: Sequence[np.ndarray], sigma: float) -> list[np.ndarray]:
-    """Strokes smoothed by a Gaussian of standard deviation ``sigma`` *along the arc length*
-    (in the strokes' units), so the result does not depend on the tablet's sampling rate:
-    each stroke is first re-drawn every ``sigma / 4`` and its x, y convolved with the
-    Gaussian (ends padded with the end points).  Removes the staircase of tablets with
-    coarse coordinate grids (IBM's and Toshiba's are 1/15 to 1/20 of a digit's height).
-    ``sigma`` 0 returns copies unchanged."""
-    if sigma < 0:
-        raise ValueError(f"sigma must be ≥ 0; got {sigma}")
-    if sigma == 0:
-        return [np.array(s, dtype=np.float32) for s in strokes]
-    spacing = sigma / 4
-    radius = 12  # 3 sigma, in samples of `spacing`
-    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / 4.0) ** 2)
-    kernel /= kernel.sum()
-    out = []
-    for stroke in strokes:
-        length = float(_arc_positions(stroke.astype(np.float64))[-1])
-        if length < spacing:
-            out.append(np.array(stroke, dtype=np.float32))
-            continue
-        dense = _interpolate(stroke, round(length / spacing) + 1)  # (n, 2)
-        padded = np.concatenate(
-            [np.repeat(dense[:1], radius, 0), dense, np.repeat(dense[-1:], radius, 0)]
-        )
-        smoothed = np.column_stack(
-            [np.convolve(padded[:, k], kernel, mode="valid") for k in range(2)]
-        )
-        out.append(smoothed.astype(np.float32))
-    return out
-
-
-FEATURES = 4  # dx, dy, y, pen lifted before this point
-
-
-def point_features(strokes: Sequence[np.ndarray]) -> np.ndarray:
-    """(N, 4) float32 per-point features of normalised strokes: dx, dy from the previous
-    point (across pen lifts too), y, and 1.0 where the pen was lifted before this point
-    (the first point of every stroke but the first)."""
-    points = np.concatenate(strokes)
-    delta = np.diff(points, axis=0, prepend=points[:1])
-    lifted = np.zeros(len(points), dtype=np.float32)
-    starts = np.cumsum([len(s) for s in strokes])[:-1]
-    lifted[starts] = 1.0
-    return np.column_stack([delta, points[:, 1], lifted]).astype(np.float32)
-
-
-def sample_features(
-    strokes: Sequence[np.ndarray],
-    step: float = 0.04,
-    *,
-    resampling: str = "drop",
-    smooth: float = 0.0,
-) -> np.ndarray:
-    """Normalise, resample and featurise one sample's strokes: (N, FEATURES), dx and dy in
-    units of ``step`` (so they are of order 1 along a stroke).  See :func:`line_features`
-    for ``resampling`` and ``smooth``."""
-    return line_features(normalise(strokes), step, resampling=resampling, smooth=smooth)
-
-
-def line_features(
-    strokes: Sequence[np.ndarray],
-    step: float = 0.04,
-    *,
-    resampling: str = "drop",
-    smooth: float = 0.0,
-) -> np.ndarray:
-    """Resample and featurise strokes already at unit height (a composed line is not
-    re-normalised: its digits keep their own scale): (N, FEATURES), dx and dy in units of
-    ``step``.  ``smooth`` > 0 first smooths the strokes (:func:`smooth_strokes`, sigma in
-    heights); ``resampling`` ``"drop"`` keeps raw points at least ``step`` apart
-    (:func:`resample`), ``"arc"`` interpolates one point every ``step`` of arc length
-    (:func:`resample_arc`)."""
-    if resampling not in RESAMPLINGS:
-        raise ValueError(f"resampling must be one of {RESAMPLINGS}; got {resampling!r}")
-    if smooth:
-        strokes = smooth_strokes(strokes, smooth)
-    points = resample_arc(strokes, step) if resampling == "arc" else resample(strokes, step)
-    features = point_features(points)
-    features[:, :2] /= step
-    return features
-
-
-def compose_string(
-    samples: Sequence[Sample],
-    rng: random.Random,
-    min_digits: int = 3,
-    max_digits: int = 8,
-    gap: tuple[float, float] = (0.1, 0.6),
-) -> tuple[list[np.ndarray], str]:
-    """A line of ``min_digits``..``max_digits`` digits: samples drawn at random from
-    ``samples``, each normalised to unit height and set down left to right with a random
-    gap (``gap`` × height) and a small random vertical jitter; returns (strokes, label)."""
-    if not 1 <= min_digits <= max_digits:
-        raise ValueError(f"expected 1 ≤ min_digits ≤ max_digits; got {min_digits}, {max_digits}")
-    count = rng.randint(min_digits, max_digits)
-    strokes: list[np.ndarray] = []
-    label = ""
-    cursor = 0.0
-    for _ in range(count):
-        sample = samples[rng.randrange(len(samples))]
-        parts = normalise(sample.strokes)
-        width = max(float(s[:, 0].max()) for s in parts)
-        shift = np.array([cursor, rng.uniform(-0.05, 0.05)], dtype=np.float32)
-        strokes += [s + shift for s in parts]
-        label += sample.label
-        cursor += width + rng.uniform(*gap)
-    return strokes, label
-
-
 # ---------------------------------------------------------------------------- stroke files
 def read_stroke_file(path: str | Path) -> list[np.ndarray]:
     """The pen-down strokes of a stroke file in UNIPEN's own notation: ``.PEN_DOWN`` (and
@@ -482,12 +293,8 @@ def read_stroke_file(path: str | Path) -> list[np.ndarray]:
 
 
 def write_stroke_file(path: str | Path, strokes: Sequence[np.ndarray]) -> None:
-    """Write ``strokes`` ((n, 2) arrays) as a stroke file :func:`read_stroke_file` reads;
-    written to a temporary file in the same folder and renamed."""
-    import os
-    import tempfile
-
-    path = Path(path)
+    """Write ``strokes`` ((n, 2) arrays) as a stroke file :func:`read_stroke_file` reads
+    (atomically: :func:`carousel.io.atomic_write`)."""
     lines = [".COORD X Y"]
     for s in strokes:
         a = np.asarray(s, dtype=np.float64)
@@ -496,17 +303,4 @@ def write_stroke_file(path: str | Path, strokes: Sequence[np.ndarray]) -> None:
         lines.append(".PEN_DOWN")
         lines += [f"{x:.6g} {y:.6g}" for x, y in a]
         lines.append(".PEN_UP")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="latin-1") as f:
-            f.write("\n".join(lines) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, ("\n".join(lines) + "\n").encode("latin-1"))

@@ -1,7 +1,10 @@
 """Online handwriting recognition of UNIPEN digits with (bi)directional recurrent layers:
-an isolated-digit classifier and a BLSTM + CTC reader of digit strings.  See
-:mod:`carousel.handwriting.train` for the Python API."""
+an isolated-digit classifier and a BLSTM + CTC reader of digit strings, trained through
+the shared loop.  Settings: :mod:`~carousel.handwriting.config`; models:
+:mod:`~carousel.handwriting.model`; training: :mod:`~carousel.handwriting.train`; reading
+and scores: :mod:`~carousel.handwriting.recognise` and :mod:`~carousel.handwriting.decode`."""
 
+from carousel.handwriting.config import HandwritingConfig
 from carousel.handwriting.decode import (
     beam_decode,
     character_error_rate,
@@ -19,23 +22,28 @@ from carousel.handwriting.model import (
     recogniser_to_parts,
 )
 from carousel.handwriting.plot import draw_probabilities
-from carousel.handwriting.train import (
-    HandwritingConfig,
+from carousel.handwriting.recognise import (
     compose_strings,
     confusion_by_organisation,
     evaluate_digits,
     evaluate_strings,
-    feature_options,
     recognise,
-    train_digit_classifier,
-    train_string_recogniser,
     transcribe,
+)
+from carousel.handwriting.train import (
+    HandwritingJob,
+    held_out_scores,
+    load_recogniser,
+    train_digit_classifier,
+    train_handwriting,
+    train_string_recogniser,
 )
 
 __all__ = [
     "DIGITS",
     "DigitClassifier",
     "HandwritingConfig",
+    "HandwritingJob",
     "RecogniserShape",
     "StringRecogniser",
     "beam_decode",
@@ -46,14 +54,16 @@ __all__ = [
     "edit_distance",
     "evaluate_digits",
     "evaluate_strings",
-    "feature_options",
     "greedy_decode",
+    "held_out_scores",
+    "load_recogniser",
     "recognise",
     "recogniser_from_json",
     "recogniser_from_parts",
     "recogniser_to_parts",
     "string_accuracy",
     "train_digit_classifier",
+    "train_handwriting",
     "train_string_recogniser",
     "transcribe",
 ]

@@ -18,7 +18,7 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
-from carousel.data.unipen import FEATURES
+from carousel.data.strokes import FEATURES
 from carousel.layers import make_layer
 
 DIGITS = "0123456789"
@@ -28,7 +28,7 @@ DIGITS = "0123456789"
 class RecogniserShape:
     """Architecture of a handwriting model (what ``to_json`` stores)."""
 
-    kind: str  # "digit" or "string"
+    task: str  # "digits" (a class per sample) or "strings" (CTC labels per frame)
     cell: str = "lstm"
     bidirectional: bool = True
     num_layers: int = 2
@@ -63,7 +63,7 @@ class DigitClassifier(_Recogniser):
     """Isolated digits: (T, B, F) features + lengths -> (B, 10) class scores."""
 
     def __init__(self, shape: RecogniserShape) -> None:
-        super().__init__(dataclasses.replace(shape, kind="digit"), len(DIGITS))
+        super().__init__(dataclasses.replace(shape, task="digits"), len(DIGITS))
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
         _, state = self.encoder(x, lengths=lengths)
@@ -78,7 +78,7 @@ class StringRecogniser(_Recogniser):
     label 0 the CTC blank and label k + 1 the digit k."""
 
     def __init__(self, shape: RecogniserShape) -> None:
-        super().__init__(dataclasses.replace(shape, kind="string"), len(DIGITS) + 1)
+        super().__init__(dataclasses.replace(shape, task="strings"), len(DIGITS) + 1)
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
         out, _ = self.encoder(x, lengths=lengths)  # (T, B, D·H)
@@ -92,11 +92,11 @@ def recogniser_from_json(data: dict) -> DigitClassifier | StringRecogniser:
         shape = RecogniserShape(**{k: v for k, v in data.items() if k in fields})
     except TypeError as err:
         raise ValueError(f"bad handwriting model description: {err}") from None
-    if shape.kind == "digit":
+    if shape.task == "digits":
         return DigitClassifier(shape)
-    if shape.kind == "string":
+    if shape.task == "strings":
         return StringRecogniser(shape)
-    raise ValueError(f"expected kind 'digit' or 'string'; got {shape.kind!r}")
+    raise ValueError(f"expected task 'digits' or 'strings'; got {shape.task!r}")
 
 
 def recogniser_to_parts(

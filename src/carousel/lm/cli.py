@@ -1,5 +1,5 @@
-"""The language-modelling commands: ``carousel train [lm]``, ``sample``, ``plot`` and the
-language model's ``carousel eval``.
+"""The language-modelling commands: ``carousel train [lm]``, ``sample``, ``export``, ``plot``
+and the language model's ``carousel eval``.
 
 ``lm`` is the default job of ``carousel train`` (see :mod:`carousel.cli`), so
 ``carousel train --preset char-small`` and ``carousel train lm --preset char-small`` are the
@@ -33,7 +33,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = resolve_config(LMConfig, args.preset, overrides)
         run = Path(args.out or Path("runs") / Path(args.preset or "lm").stem)
         summary = train_lm(cfg, run, progress=args.progress)
-    if ddp.rank() == 0:
+    if ddp.rank() == 0 and summary["trained"]:  # a finished run said so and stays as it was
         from carousel.lm.train import load_lm
 
         level = load_lm(run / "checkpoint.safetensors")[2].level
@@ -117,6 +117,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from carousel.lm.export import export_onnx
+    from carousel.lm.train import load_lm
+
+    model, vocab, _, _ = load_lm(args.checkpoint)
+    path = export_onnx(model, vocab, args.onnx)
+    names = ", ".join(f"{n}0" for n in model.rnn.cell.state_names)
+    print(f"wrote {path}: ids (T, B), {names} -> logits (T, B, {len(vocab)}) and the new state")
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from carousel.train import plot_metrics
 
@@ -150,6 +161,11 @@ def register(sub: argparse._SubParsersAction, jobs: argparse._SubParsersAction) 
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("export", help="write a language model as an ONNX file")
+    p.add_argument("checkpoint", help="checkpoint file or run folder")
+    p.add_argument("--onnx", required=True, metavar="FILE", help="ONNX file to write")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("plot", help="PNG of a run's training and validation curves")
     p.add_argument("run", help="run folder (holds metrics.jsonl)")

@@ -48,11 +48,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"{split}: {_percent(metrics[split])}")
     paths = Run(run)
     print(f"checkpoint: {paths.checkpoint}")
-    # the curves are redrawn only when the metrics changed (a finished run's resume: never)
-    if (
-        not paths.curves.exists()
-        or paths.curves.stat().st_mtime_ns < paths.metrics.stat().st_mtime_ns
-    ):
+    if metrics["trained"] or not paths.curves.exists():  # a finished run's resume: no change
         plot_metrics(run)
     print(f"curves: {paths.curves}")
     return 0

@@ -334,7 +334,7 @@ def train_tagger(
     Returns ``(model, vocab, metrics)``: the model with the best dev score (eval mode), its
     vocabulary, and ``metrics`` = ``{"dev": {...}, "test": {...}, "best_epoch", "epochs":
     [per-evaluation training loss and dev scores], "seconds", "train_sentences", "steps",
-    "reason"}``.
+    "reason", "trained"}``.
     """
     if out is None:
         if resume:
@@ -386,6 +386,7 @@ def train_tagger(
             "train_sentences": len(train),
             "steps": summary["step"],
             "reason": summary["reason"],
+            "trained": summary["trained"],  # False: a finished run, resumed, did nothing
         }
         if data.get("test"):
             metrics["test"] = evaluate_tagger(model, vocab, data["test"])
