@@ -338,6 +338,7 @@ def test_cli_inspect_text_and_prime(lm_run, tmp_path, capsys):
         (["--text", "/nonexistent/file.txt"], "No such file"),
         (["--prime", "a", "--length", "0"], "--length must be positive"),
         (["--prime", "Z"], "not in the model's vocabulary"),
+        (["--prime", "a", "--beside", "x"], "--beside is for lag runs"),
     ],
 )
 def test_cli_inspect_errors_are_one_line(lm_run, capsys, extra, needle):

@@ -78,3 +78,50 @@ def test_the_lag_picture_is_written(tmp_path):
         carousel_figure({"a": planted_adder(), **gru}, batch)
     with pytest.raises(ValueError, match=r"sequence must lie in 0\.\.7"):
         carousel_figure(models, batch, sequence=8)
+
+
+# ---------------------------------------------------------------------------- command line
+@pytest.fixture(scope="module")
+def lag_runs(tmp_path_factory):
+    from carousel.cli import main
+
+    folder = tmp_path_factory.mktemp("lag")
+    runs = {}
+    for cell, task in (("lstm1997", "adding"), ("rnn", "adding"), ("gru", "order6a")):
+        run = folder / f"{task}-{cell}"
+        argv = ["lag", "--task", task, "--T", "12", "--cell", cell, "--hidden-size", "4"]
+        assert main([*argv, "--budget", "64", "--no-progress", "--out", str(run)]) == 0
+        runs[cell] = run
+    return runs
+
+
+def test_cli_inspect_lag_runs_side_by_side(lag_runs, tmp_path, capsys):
+    from carousel.cli import main
+
+    capsys.readouterr()
+    argv = ["inspect", str(lag_runs["lstm1997"]), "--beside", str(lag_runs["rnn"])]
+    assert main([*argv, "--sequence", "2", "--seed", "5", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "mean input gate" in out and "rnn (adding-rnn) unit" in out
+    assert (tmp_path / "lag.png").read_bytes().startswith(PNG)
+    assert main(["inspect", str(lag_runs["gru"])]) == 0  # default: RUN/inspect/lag.png
+    assert (lag_runs["gru"] / "inspect" / "lag.png").read_bytes().startswith(PNG)
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--beside", "gru"], "same task and T"),
+        (["--text", "x.txt"], "--text and --prime are for language models"),
+        (["--sequence", "64"], "--sequence must lie in 0..63"),
+    ],
+)
+def test_cli_inspect_lag_errors_are_one_line(lag_runs, capsys, extra, needle):
+    from carousel.cli import main
+
+    extra = [str(lag_runs["gru"]) if e == "gru" else e for e in extra]
+    capsys.readouterr()
+    assert main(["inspect", str(lag_runs["lstm1997"]), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("carousel inspect: error:"), err
+    assert needle in err[0], err[0]

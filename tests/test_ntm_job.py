@@ -115,3 +115,15 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["train", "ntm", "--task", "sorting", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown" in err
+
+
+def test_plot_window_is_circular():
+    from carousel.ntm.plot import _window
+
+    used = torch.zeros(128, dtype=torch.bool)
+    used[[0, 1, 126, 127]] = True  # a head that wrapped round from 0 to 127
+    assert _window(used).tolist() == [124, 125, 126, 127, 0, 1, 2, 3]
+    used = torch.zeros(10, dtype=torch.bool)
+    used[[3, 5]] = True
+    assert _window(used).tolist() == [1, 2, 3, 4, 5, 6, 7]
+    assert _window(torch.zeros(5, dtype=torch.bool)).tolist() == [0, 1, 2, 3, 4]

@@ -13,9 +13,8 @@ carousel's classes): argument checks, initial states, zero-size batches, T = 0, 
 ``nonlinearity``, ``proj_size`` on RNN/GRU, weight norm and parametrizations through
 ``_flat_weights``, cells.
 
-Tests that need LSTM projections (``proj_size``, also ``proj_size=0``) or exact second
-derivatives through the fused kernels are strict xfails until the autograd half of issue 12
-lands.
+Tests that need LSTM projections (``proj_size``, also ``proj_size=0``) are strict xfails
+until projections land (the autograd half of issue 12).
 """
 
 from __future__ import annotations
@@ -57,10 +56,6 @@ DTYPE = torch.float64
 PROJ = pytest.mark.xfail(
     strict=True,
     reason="LSTM projections (proj_size, also proj_size=0) are the autograd half of issue 12",
-)
-GRADGRAD = pytest.mark.xfail(
-    strict=True,
-    reason="second derivatives through the fused kernels are the autograd half of issue 12",
 )
 
 
@@ -168,13 +163,9 @@ def _gradgrad_subset():
 
 @pytest.mark.parametrize(("name", "index", "strip_proj"), _gradgrad_subset())
 def test_module_gradgrad(name, index, strip_proj):
-    """gradgradcheck, on the reference path for the layers (autograd through the equations):
-    through the fused kernels it waits for the autograd half of issue 12, see
-    test_rnn_gradgrad."""
-    m, sample, kwargs = _build(name, index, strip_proj)
-    if name in ("RNN", "GRU", "LSTM"):
-        m = CAROUSEL[name](*sample.constructor_input.args, backend="reference", **kwargs)
-        m = m.to(DTYPE)
+    """gradgradcheck; the layers run their fused kernels (CPU float64), whose second
+    derivatives come from the reference twin (kernels/common.py)."""
+    m, sample, _ = _build(name, index, strip_proj)
     f, inputs = _differentiable(m, sample.forward_input.args, sample.forward_input.kwargs)
     assert torch.autograd.gradgradcheck(f, inputs, fast_mode=True)
 
@@ -599,7 +590,6 @@ def test_rnn_grad(mode):
     assert torch.autograd.gradcheck(f, inputs, fast_mode=True)
 
 
-@GRADGRAD
 @pytest.mark.parametrize("mode", LAYERS)
 def test_rnn_gradgrad(mode):
     """Second derivatives through the fused kernels (CPU float64 picks them)."""

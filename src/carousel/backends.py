@@ -31,6 +31,7 @@ class LayerWeights:
     b_ih: Tensor | None  # (G·H,)
     b_hh: Tensor | None  # (G·H,)
     peep: dict[str, Tensor]  # name -> (H,)
+    w_hr: Tensor | None = None  # (P, H): the LSTM's projection (proj_size P), if any
 
 
 SequenceFn = Callable[

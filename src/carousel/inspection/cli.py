@@ -3,6 +3,9 @@
 For a character language model, ``--text FILE`` (or ``--prime TEXT --length N``: the model's
 own sample) is run through the model on the reference path; the page, the figures and the
 units' correlations with the text's features go to ``--out`` (default ``RUN/inspect``).
+For a lag run (``carousel lag``), sequences of its task are generated from ``--seed`` and
+``lag.png`` shows the state and input gate of the units the read-out uses across one of them,
+beside the same picture of each ``--beside`` run (e.g. the Elman RNN on the same task).
 """
 
 from __future__ import annotations
@@ -12,18 +15,79 @@ from pathlib import Path
 
 from carousel.checkpoint import load_checkpoint
 
+LAG_FIGURE = "lag.png"
+
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from carousel.lag.train import KIND as LAG
     from carousel.lm.cli import KIND as LM
 
     kind = load_checkpoint(args.run)[1].get("kind")
-    if kind != LM:
-        raise ValueError(f"{args.run} holds a {kind!r} checkpoint; inspect reads lm runs")
-    return _inspect_lm(args)
+    if kind == LM:
+        if args.beside:
+            raise ValueError("--beside is for lag runs; a language model is inspected alone")
+        return _inspect_lm(args)
+    if kind == LAG:
+        return _inspect_lag(args)
+    raise ValueError(f"{args.run} holds a {kind!r} checkpoint; inspect reads lm and lag runs")
+
+
+def _threads(args: argparse.Namespace) -> None:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be positive; got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def _inspect_lag(args: argparse.Namespace) -> int:
+    from carousel.data.tasks import make_batch
+    from carousel.inspection.lag import carousel_figure, lag_summary, readout_units, record_lag
+    from carousel.io import atomic_write
+    from carousel.lag.train import load_lag
+
+    if args.text is not None or args.prime is not None:
+        raise ValueError(
+            "--text and --prime are for language models; a lag run is inspected on sequences "
+            "of its own task (--seed, --sequence)"
+        )
+    _threads(args)
+    models, shapes = {}, {}
+    for run in [args.run, *args.beside]:
+        model, cfg, _ = load_lag(run)
+        label = f"{cfg.cell} ({Path(run).name})"
+        models[label], shapes[label] = model, (cfg.task, cfg.T)
+    if len(set(shapes.values())) != 1:
+        got = ", ".join(f"{k}: {task} T={T}" for k, (task, T) in shapes.items())
+        raise ValueError(f"--beside runs must have the same task and T; got {got}")
+    task, T = next(iter(shapes.values()))
+    sequences = 64
+    if not 0 <= args.sequence < sequences:
+        raise ValueError(f"--sequence must lie in 0..{sequences - 1}; got {args.sequence}")
+    batch = make_batch(task, sequences, T, args.seed)
+    title = f"{task}, T = {T}: sequence {args.sequence} of seed {args.seed}"
+    png = carousel_figure(models, batch, sequence=args.sequence, title=title)
+    out = Path(args.out) if args.out else Path(args.run) / "inspect"
+    path = atomic_write(out / LAG_FIGURE, png)
+    print(f"{task} T={T}, {sequences} sequences of seed {args.seed}; between the marked steps:")
+    for label, model in models.items():
+        rec = record_lag(model, batch)
+        units = readout_units(model, rec)
+        summary = lag_summary(model, batch, rec)
+        state = "s" if "s" in rec.values[0][0] else "h"
+        for j in units:
+            line = (
+                f"  {label} unit {j}: mean |Δ{state}| per step {summary['drift'][:, j].mean():.4f}"
+            )
+            if "gate" in summary:
+                line += f", mean input gate {float(summary['gate'][:, j].mean()):.4f}"
+            print(line)
+    print(f"figure: {path}")
+    return 0
 
 
 def _inspect_lm(args: argparse.Namespace) -> int:
-    import torch
 
     from carousel.inspection.lm import inspect_text
     from carousel.lm.sample import generate
@@ -31,10 +95,7 @@ def _inspect_lm(args: argparse.Namespace) -> int:
 
     if (args.text is None) == (args.prime is None):
         raise ValueError("give either --text FILE or --prime TEXT (with --length N)")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be positive; got {args.threads}")
-        torch.set_num_threads(args.threads)
+    _threads(args)
     model, vocab, cfg, _ = load_lm(args.run)
     if args.text is not None:
         try:
@@ -89,7 +150,7 @@ def _inspect_lm(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``carousel inspect`` to the command line."""
     p = sub.add_parser("inspect", help="look inside a trained network: gates, states, units")
-    p.add_argument("run", help="run folder or checkpoint file")
+    p.add_argument("run", help="run folder or checkpoint file (a language model or a lag run)")
     p.add_argument("--text", default=None, help="UTF-8 text file to run the model over")
     p.add_argument("--prime", default=None, help="inspect the model's own sample after TEXT")
     p.add_argument(
@@ -99,7 +160,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="characters to sample after --prime (default 1000), or to read of --text",
     )
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed; lag runs: the sequences'")
+    p.add_argument(
+        "--beside",
+        action="append",
+        default=[],
+        metavar="RUN",
+        help="lag runs: another run of the same task and T drawn beside RUN (repeatable)",
+    )
+    p.add_argument(
+        "--sequence", type=int, default=0, help="lag runs: which of 64 sequences to draw (0)"
+    )
     p.add_argument("--out", default=None, help="folder for the page and figures (RUN/inspect)")
     p.add_argument(
         "--page-chars", type=int, default=2000, help="characters shown on the page (2000)"

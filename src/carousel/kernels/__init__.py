@@ -7,7 +7,8 @@ once per call (``cblas_sgemm_pack``) for float32 batches of equal lengths — an
 exp/tanh; see :mod:`carousel.kernels._mkl`.  Per-step products below 4M multiply-adds run on
 one MKL thread (waking the second costs more than it saves), unless the weight matrix is 2 MB
 or more (then two cores each stream half of it).  Under CPU bfloat16 autocast the products
-take bfloat16 operands and accumulate in float32.  The derivation is ``docs/bptt.md``.
+take bfloat16 operands and accumulate in float32.  Each family's derivation opens its
+module; ``docs/bptt.md`` has what they share.
 
 Nothing is imported or compiled until a layer first asks: :func:`available` loads the kernels
 on first use.  Where they cannot load (numba missing or broken, a torch without MKL), it
@@ -28,6 +29,41 @@ from carousel.cells import FAMILIES, CellOptions
 
 if TYPE_CHECKING:  # carousel.backends imports this module
     from carousel.backends import LayerWeights
+    from carousel.kernels.common import Call
+
+
+class Kernel(Protocol):
+    """A family's fused kernel: forward and hand-derived backward through time of one
+    direction of one layer, on plain tensors without autograd.  The shared autograd of
+    :mod:`carousel.kernels.common` (:func:`~carousel.kernels.common.run_sequence`) wraps it:
+    first-order gradients from ``backward``, exact higher-order gradients from the reference
+    twin, torch.func (setup_context, vmap rules).  Shapes: x (T, B, I), a state tensor per
+    name in ``cell.state_names`` (B, ·), output (T, B, ·)."""
+
+    #: tensors ``forward`` saves for ``backward`` besides the inputs and outputs, each (T, B, ·)
+    n_saved: int
+
+    def forward(
+        self, call: Call, x: Tensor, state: tuple[Tensor, ...], weights: LayerWeights
+    ) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...]]:
+        """(output, final state, saved); ``call`` carries the cell, the batch order (lengths),
+        the direction, bfloat16 and whether to keep what the backward needs."""
+
+    def backward(
+        self,
+        call: Call,
+        x: Tensor,
+        state: tuple[Tensor, ...],
+        weights: LayerWeights,
+        output: Tensor,
+        final: tuple[Tensor, ...],
+        saved: tuple[Tensor, ...],
+        dout: Tensor,
+        dfinal: tuple[Tensor, ...],
+        needs: tuple,
+    ) -> tuple[Tensor | None, tuple[Tensor | None, ...], LayerWeights]:
+        """(dx, dstate, dweights) for the gradients ``needs`` asks for (bools in the
+        structure of (x, state, weights)), None elsewhere."""
 
 
 class KernelModule(Protocol):
@@ -36,23 +72,8 @@ class KernelModule(Protocol):
 
     The module opens with its family's backward derivation, and its code follows it."""
 
-    #: forward through time and the hand-derived backward through time
-    FUNCTION: type[torch.autograd.Function]
-
-    def arguments(
-        self,
-        cell: CellOptions,
-        x: Tensor,
-        state: tuple[Tensor, ...],
-        weights: LayerWeights,
-        lengths: Tensor | None,
-        reverse: bool,
-    ) -> tuple:
-        """``FUNCTION.apply``'s arguments for one direction of one layer
-        (:func:`carousel.backends.reference_sequence`'s arguments)."""
-
-    def finish(self, outputs: tuple) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """``FUNCTION.apply``'s outputs as (output (T, B, H), final state)."""
+    #: the family's :class:`Kernel`
+    KERNEL: Kernel
 
 
 _modules: dict[str, KernelModule] = {}
@@ -105,12 +126,15 @@ def supports(cell: CellOptions, x: Tensor) -> bool:
 
 
 def fused_sequence(cell, x, state, weights, lengths, reverse):
-    """Run one direction of one layer with the fused kernel of ``cell``'s family."""
+    """Run one direction of one layer with the fused kernel of ``cell``'s family.
+
+    The kernel's autograd (first-order gradients from its hand-derived backward, exact
+    higher-order gradients from the reference twin, torch.func) is the shared one of
+    :func:`carousel.kernels.common.run_sequence`."""
     _load()
-    module = _modules[cell.family]
-    return module.finish(
-        module.FUNCTION.apply(*module.arguments(cell, x, state, weights, lengths, reverse))
-    )
+    from carousel.kernels.common import run_sequence
+
+    return run_sequence(_modules[cell.family].KERNEL, cell, x, state, weights, lengths, reverse)
 
 
 def _pair_pays(cell: CellOptions, x: Tensor, H: int) -> bool:
@@ -130,17 +154,8 @@ def fused_pair(cell, x, states, weights, lengths):
     backward) pairs; returns ((output, final), (output, final)).  The two run concurrently
     (:mod:`carousel.kernels.pair`) where that pays, else one after the other."""
     _load()
-    module = _modules[cell.family]
-    H = weights[0].w_hh.size(1)
-    if not _pair_pays(cell, x, H):
-        return tuple(
-            fused_sequence(cell, x, s, w, lengths, reverse)
-            for s, w, reverse in zip(states, weights, (False, True))
-        )
-    from carousel.kernels.pair import PairFunction
+    from carousel.kernels.common import run_pair
 
-    a = module.arguments(cell, x, states[0], weights[0], lengths, False)
-    b = module.arguments(cell, x, states[1], weights[1], lengths, True)
-    outputs = PairFunction.apply(module.FUNCTION, len(a), *a, *b)
-    k = len(outputs) // 2
-    return module.finish(outputs[:k]), module.finish(outputs[k:])
+    H = weights[0].w_hh.size(1)
+    kernel = _modules[cell.family].KERNEL
+    return run_pair(kernel, cell, x, states, weights, lengths, _pair_pays(cell, x, H))

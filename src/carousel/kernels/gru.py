@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import numba
 import torch
-from torch.autograd.function import once_differentiable
 
+from carousel.backends import LayerWeights
 from carousel.kernels._mkl import (
     JIT,
     TR,
@@ -48,11 +48,8 @@ from carousel.kernels._mkl import (
     vtanh,
 )
 from carousel.kernels.common import (
-    Order,
-    bf16_wanted,
     flat_weight_grads,
     input_products,
-    no_autocast,
     np_,
     scratch,
 )
@@ -140,7 +137,7 @@ def gru_backward(
     si,
     sf,
 ):
-    """The backward time loop (docs/bptt.md, GRU).
+    """The backward time loop: (GB1)–(GB6) of the module docstring.
 
     gates, ghn, out: saved by :func:`gru_forward`; h0 (B, H) batch order.  dout (T, B, H).
     dh (B, H): in ∂L/∂h_n, out ∂L/∂h_0, kernel order.  dax, dah (T, B, 3H) zeros: gradients of
@@ -205,25 +202,30 @@ def gru_backward(
     restore_threads(old_threads)
 
 
-class GRUFunction(torch.autograd.Function):
-    """One direction of one GRU layer over a whole sequence, fused."""
+class GRUKernel:
+    """One direction of one GRU layer over a whole sequence, fused: the kernel protocol of
+    :mod:`carousel.kernels.common` (which supplies the autograd)."""
+
+    #: saved besides inputs and outputs: the activations r, z, n and W_hn h_{t−1} + b_hn
+    n_saved = 2
 
     @staticmethod
-    @no_autocast
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, bf16):
+    def forward(call, x, state, weights):
+        (h0,) = state
+        w = weights
         T, B, _ = x.shape
-        H = w_hh.shape[1]
+        H = w.w_hh.shape[1]
         dtype = x.dtype
-        order = Order(T, B, lengths)
+        order, bf16 = call.order, call.bf16
         x2 = x.reshape(T * B, -1)
         bias = torch.zeros(3 * H, dtype=dtype)
-        if b_ih is not None:
-            bias += b_ih
+        if w.b_ih is not None:
+            bias += w.b_ih
         b_hn = torch.zeros(H, dtype=dtype)
-        if b_hh is not None:
-            bias[: 2 * H] += b_hh[: 2 * H]
-            b_hn += b_hh[2 * H :]
-        gx = input_products(x2, w_ih, bias, bf16).view(T, B, 3 * H)  # all steps in one product
+        if w.b_hh is not None:
+            bias[: 2 * H] += w.b_hh[: 2 * H]
+            b_hn += w.b_hh[2 * H :]
+        gx = input_products(x2, w.w_ih, bias, bf16).view(T, B, 3 * H)  # all steps in one product
         h = order.sort(h0)
         out = order.buffer(T, B, H, dtype=dtype)
         ghn = torch.empty(T, B, H, dtype=dtype)
@@ -231,15 +233,14 @@ class GRUFunction(torch.autograd.Function):
         z = torch.empty(4, B * H, dtype=dtype)
         si, sf = scratch(dtype)
         perm, lens, nlive = order.arrays()
-        w_hh_c = w_hh.detach().contiguous()
         gru_forward(
             np_(gx),
-            np_(w_hh_c),
+            np_(w.w_hh),
             np_(b_hn),
             perm,
             lens,
             nlive,
-            int(reverse),
+            int(call.reverse),
             order.packed(dtype, bf16),
             np_(h),
             np_(out),
@@ -249,21 +250,18 @@ class GRUFunction(torch.autograd.Function):
             si,
             sf,
         )
-        ctx.save_for_backward(x, h0, w_ih, w_hh_c, gx, ghn, out)
-        ctx.order, ctx.reverse, ctx.bf16 = order, reverse, bf16
-        ctx.has_bias = (b_ih is not None, b_hh is not None)
-        return out, order.unsort(h)
+        return out, (order.unsort(h),), (gx, ghn)
 
     @staticmethod
-    @once_differentiable
-    @no_autocast
-    def backward(ctx, dout, dh_n):
-        x, h0, w_ih, w_hh, gates, ghn, out = ctx.saved_tensors
-        order = ctx.order
+    def backward(call, x, state, weights, out, final, saved, dout, dfinal, needs):
+        (h0,) = state
+        w = weights
+        gates, ghn = saved
+        order = call.order
         T, B, _ = x.shape
-        H = w_hh.shape[1]
+        H = w.w_hh.shape[1]
         dtype = x.dtype
-        dh = order.sort(dh_n)
+        dh = order.sort(dfinal[0])
         dax = order.buffer(T, B, 3 * H, dtype=dtype)
         dah = order.buffer(T, B, 3 * H, dtype=dtype)
         hprev = order.buffer(T, B, H, dtype=dtype)
@@ -275,14 +273,14 @@ class GRUFunction(torch.autograd.Function):
             np_(gates),
             np_(ghn),
             np_(out),
-            np_(h0.contiguous()),
-            np_(w_hh),
+            np_(h0),
+            np_(w.w_hh),
             perm,
             lens,
             nlive,
-            int(ctx.reverse),
-            order.packed(dtype, ctx.bf16),
-            np_(dout.contiguous()),
+            int(call.reverse),
+            order.packed(dtype, call.bf16),
+            np_(dout),
             np_(dh),
             np_(dax),
             np_(dah),
@@ -292,27 +290,14 @@ class GRUFunction(torch.autograd.Function):
             si,
             sf,
         )
-        nd = ctx.needs_input_grad
+        nx, _, nw = needs
         dax2, dah2 = dax.view(T * B, 3 * H), dah.view(T * B, 3 * H)  # (GB7), all steps at once
-        db_ih = dax2.sum(0) if ctx.has_bias[0] and nd[4] else None
-        db_hh = dah2.sum(0) if ctx.has_bias[1] and nd[5] else None
-        bf16 = ctx.bf16
-        dx, dw_ih, _, _ = flat_weight_grads(dax, x, hprev, w_ih, (nd[0], nd[2], False, False), bf16)
-        _, _, dw_hh, _ = flat_weight_grads(dah, x, hprev, w_ih, (False, False, nd[3], False), bf16)
-        dh0 = order.unsort(dh) if nd[1] else None
-        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None
+        db_ih = dax2.sum(0) if nw.b_ih else None
+        db_hh = dah2.sum(0) if nw.b_hh else None
+        bf16 = call.bf16
+        dx, dw_ih, _, _ = flat_weight_grads(dax, x, hprev, w.w_ih, (nx, nw.w_ih, 0, 0), bf16)
+        _, _, dw_hh, _ = flat_weight_grads(dah, x, hprev, w.w_ih, (0, 0, nw.w_hh, 0), bf16)
+        return dx, (order.unsort(dh),), LayerWeights(dw_ih, dw_hh, db_ih, db_hh, {})
 
 
-def arguments(cell, x, state, weights, lengths, reverse) -> tuple:
-    """The arguments of :class:`GRUFunction` for one direction of one layer."""
-    w = weights
-    return (x, state[0], w.w_ih, w.w_hh, w.b_ih, w.b_hh, lengths, reverse, bf16_wanted(x))
-
-
-def finish(outputs):
-    """(output, final state) from :class:`GRUFunction`'s outputs."""
-    out, h_n = outputs
-    return out, (h_n,)
-
-
-FUNCTION = GRUFunction
+KERNEL = GRUKernel()

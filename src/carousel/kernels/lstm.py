@@ -1,14 +1,55 @@
 """Fused forward and hand-derived backward through time for the whole LSTM family.
 
 One compiled kernel per direction of the time loop serves every variant: the switches are
-runtime integers, so numba compiles it once per dtype.  The equations and their δ recursions
-are in ``docs/bptt.md``; the comments ``(F1)…(F7)`` and ``(B1)…(B10)`` point at its lines.
+runtime integers, so numba compiles it once per dtype.  The derivation follows; the code below
+carries its tags ``(F1)…(F7)``, ``(B1)…(B9)`` and ``(B10)`` (``docs/bptt.md`` has the parts
+every family shares: notation, the products over all steps (B10), lengths, bfloat16).
+⊙ is the elementwise product, σ the logistic function, δv = ∂L/∂v, all vectors (B, H) rows.
+
+Forward, at step t (the pre-activations a are split into the blocks a_i, a_f, a_g, a_o the
+variant has, stacked i, f, g, o as in `torch.nn.LSTM`):
+
+    (F1)  a   = W_ih x_t + b_ih + W_hh h_{t−1} + b_hh
+    (F2)  i   = σ(a_i + p_i ⊙ s_{t−1})                   1 without input gate
+    (F3)  f   = σ(a_f + p_f ⊙ s_{t−1})                   1 without forget gate; 1 − i if coupled
+    (F4)  g   = φ_in(a_g)                                 tanh, sigmoid or identity
+    (F5)  s_t = f ⊙ s_{t−1} + i ⊙ g                      the constant error carousel
+    (F6)  o   = σ(a_o + p_o ⊙ s_t)                       1 without output gate
+    (F7)  h_t = o ⊙ φ_out(s_t)                            φ_out tanh or identity
+
+The peephole weights p_i, p_f, p_o are zero where a variant has none, so one code path serves
+every variant; a missing gate is a vector of ones. The forward pass keeps i, f, g, o (in place
+of gx), s_t and h_t; φ_out(s_t) is recomputed in the backward pass.
+
+Backward. Walk t = T−1 … 0 carrying two gradients from step t + 1: δh_t^rec = ∂L/∂h_t
+through the recurrent product of step t + 1, and δs_t^carry = ∂L/∂s_t through step t + 1's
+state update and peepholes (both start at the gradients of the final state, δh_n and δs_n;
+torch.nn calls s_n c_n).
+
+    (B1)  δh_t  = ∂L/∂y_t + δh_t^rec
+    (B2)  δa_o  = δh_t ⊙ φ_out(s_t) ⊙ o(1 − o)                          0 without output gate
+    (B3)  δs_t  = δs_t^carry + δh_t ⊙ o ⊙ φ_out'(s_t) + δa_o ⊙ p_o
+    (B4)  δa_g  = δs_t ⊙ i ⊙ φ_in'(a_g)          φ_in' = 1 − g², g(1 − g) or 1, from g itself
+    (B5)  δa_i  = δs_t ⊙ g ⊙ i(1 − i)                                     0 without input gate
+          coupled (f = 1 − i, so ∂s_t/∂i = g − s_{t−1}):
+          δa_i  = δs_t ⊙ (g − s_{t−1}) ⊙ i(1 − i)
+    (B6)  δa_f  = δs_t ⊙ s_{t−1} ⊙ f(1 − f)                  0 without a forget gate of its own
+    (B7)  δs_{t−1}^carry = δs_t ⊙ f + δa_i ⊙ p_i + δa_f ⊙ p_f
+    (B8)  δp_i += Σ_b δa_i ⊙ s_{t−1},   δp_f += Σ_b δa_f ⊙ s_{t−1},   δp_o += Σ_b δa_o ⊙ s_t
+    (B9)  δh_{t−1}^rec = δA_t W_hh,      δA_t = (δa_i, δa_f, δa_g, δa_o)   one GEMM per step
+
+φ_out'(s) = 1 − φ_out(s)² for tanh and 1 for identity. After the loop δh_{−1}^rec and
+δs_{−1}^carry are δh_0 and δs_0, and (B10) gives the rest.
+
+Why (B3) and (B7) look as they do: s_t reaches the loss through h_t (F7) — directly and through
+the output gate's peephole (F6) — and through step t + 1, where it is s_{t−1} of (F2), (F3)
+and (F5); that last route is δs_t^carry, which (B7) computes one step earlier in the walk.
 
 Structure: the input's share of every gate for all steps is one product (torch, MKL) before
 the loop; per step the kernel does one MKL GEMM over the live rows (the recurrent product) and
 one fused elementwise pass with vectorised exp/tanh.  The backward kernel produces the gates'
-pre-activation gradients dA for all steps; dx, dW_ih, dW_hh and the biases are then one
-product each over all steps.
+pre-activation gradients δA for all steps; (B10) — δX, δW_ih, δW_hh and the biases — is then
+one product each over all steps.
 
 Shapes follow the legend in :mod:`carousel`: T, B, I, H, G.
 """
@@ -18,8 +59,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
+from carousel.backends import LayerWeights
 from carousel.cells import LSTMOptions
 from carousel.kernels._mkl import (
     JIT,
@@ -34,11 +75,8 @@ from carousel.kernels._mkl import (
     vtanh,
 )
 from carousel.kernels.common import (
-    Order,
-    bf16_wanted,
     flat_weight_grads,
     input_products,
-    no_autocast,
     np_,
     scratch,
 )
@@ -188,7 +226,7 @@ def lstm_backward(
     gates, cs, out, h0, c0, w_hh, peep, flags, perm, lengths, nlive, rev, packed,
     dout, dh, dc, dA, hprev, dpeep, dst, z, si, sf,
 ):  # fmt: skip
-    """The backward time loop: the δ recursions of docs/bptt.md.
+    """The backward time loop: the δ recursions (B1)–(B9) of the module docstring.
 
     gates, cs, out: saved by :func:`lstm_forward`; h0, c0 (B, H) in batch order.
     dout (T, B, H): ∂L/∂h_t from above.  dh, dc (B, H): in, ∂L/∂(h_n, c_n) in kernel order;
@@ -316,26 +354,24 @@ def lstm_backward(
     restore_threads(old_threads)
 
 
-class LSTMFunction(torch.autograd.Function):
-    """One direction of one LSTM-family layer over a whole sequence, fused."""
+class LSTMKernel:
+    """One direction of one LSTM-family layer over a whole sequence, fused: the kernel
+    protocol of :mod:`carousel.kernels.common` (which supplies the autograd)."""
+
+    #: saved for the backward besides inputs and outputs: the gates' activations, s_t
+    n_saved = 2
 
     @staticmethod
-    @no_autocast
-    def forward(
-        ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, p_i, p_f, p_o, flags, lengths, reverse, store, bf16
-    ):
+    def forward(call, x, state, weights):
+        h0, c0 = state
+        w = weights
         T, B, _ = x.shape
-        H = w_hh.shape[1]
-        GH = w_hh.shape[0]
+        GH, H = w.w_hh.shape
         dtype = x.dtype
-        order = Order(T, B, lengths)
+        order, bf16 = call.order, call.bf16
         x2 = x.reshape(T * B, -1)
-        bias = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
-        gx = input_products(x2, w_ih, bias, bf16).view(T, B, GH)  # all steps in one product
-        peep = torch.zeros(3, H, dtype=dtype)
-        for row, p in enumerate((p_i, p_f, p_o)):
-            if p is not None:
-                peep[row] = p.detach()
+        bias = w.b_ih if w.b_hh is None else (w.b_hh if w.b_ih is None else w.b_ih + w.b_hh)
+        gx = input_products(x2, w.w_ih, bias, bf16).view(T, B, GH)  # all steps in one product
         h = order.sort(h0)
         c = order.sort(c0)
         out = order.buffer(T, B, H, dtype=dtype)
@@ -344,16 +380,15 @@ class LSTMFunction(torch.autograd.Function):
         z = torch.empty(5, B * H, dtype=dtype)
         si, sf = scratch(dtype)
         perm, lens, nlive = order.arrays()
-        w_hh_c = w_hh.detach().contiguous()
         lstm_forward(
             np_(gx),
-            np_(w_hh_c),
-            np_(peep),
-            np.asarray((*flags, int(store)), np.int64),
+            np_(w.w_hh),
+            np_(_peepholes(w.peep, H, dtype)),
+            np.asarray((*lstm_flags(call.cell), int(call.store)), np.int64),
             perm,
             lens,
             nlive,
-            int(reverse),
+            int(call.reverse),
             order.packed(dtype, bf16),
             np_(h),
             np_(c),
@@ -364,24 +399,19 @@ class LSTMFunction(torch.autograd.Function):
             si,
             sf,
         )
-        h_n, c_n = order.unsort(h), order.unsort(c)
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh_c, gx, cs, out, peep)
-        ctx.order, ctx.flags, ctx.reverse, ctx.bf16 = order, flags, reverse, bf16
-        ctx.has_bias = (b_ih is not None, b_hh is not None)
-        ctx.has_peep = tuple(p is not None for p in (p_i, p_f, p_o))
-        return out, h_n, c_n
+        return out, (order.unsort(h), order.unsort(c)), (gx, cs)
 
     @staticmethod
-    @once_differentiable
-    @no_autocast
-    def backward(ctx, dout, dh_n, dc_n):
-        x, h0, c0, w_ih, w_hh, gates, cs, out, peep = ctx.saved_tensors
-        order = ctx.order
+    def backward(call, x, state, weights, out, final, saved, dout, dfinal, needs):
+        h0, c0 = state
+        w = weights
+        gates, cs = saved
+        order = call.order
         T, B, _ = x.shape
-        GH, H = w_hh.shape
+        GH, H = w.w_hh.shape
         dtype = x.dtype
-        dh = order.sort(dh_n)
-        dc = order.sort(dc_n)
+        dh = order.sort(dfinal[0])
+        dc = order.sort(dfinal[1])
         dA = order.buffer(T, B, GH, dtype=dtype)
         hprev = order.buffer(T, B, H, dtype=dtype)
         dpeep = torch.zeros(3, H, dtype=dtype)
@@ -393,17 +423,17 @@ class LSTMFunction(torch.autograd.Function):
             np_(gates),
             np_(cs),
             np_(out),
-            np_(h0.contiguous()),
-            np_(c0.contiguous()),
-            np_(w_hh),
-            np_(peep),
-            np.asarray(ctx.flags, np.int64),
+            np_(h0),
+            np_(c0),
+            np_(w.w_hh),
+            np_(_peepholes(w.peep, H, dtype)),
+            np.asarray(lstm_flags(call.cell), np.int64),
             perm,
             lens,
             nlive,
-            int(ctx.reverse),
-            order.packed(dtype, ctx.bf16),
-            np_(dout.contiguous()),
+            int(call.reverse),
+            order.packed(dtype, call.bf16),
+            np_(dout),
             np_(dh),
             np_(dc),
             np_(dA),
@@ -414,47 +444,30 @@ class LSTMFunction(torch.autograd.Function):
             si,
             sf,
         )
-        nd = ctx.needs_input_grad
+        nx, _, nw = needs
         dx, dw_ih, dw_hh, db = flat_weight_grads(
-            dA, x, hprev, w_ih, (nd[0], nd[3], nd[4], nd[5] or nd[6]), ctx.bf16
+            dA, x, hprev, w.w_ih, (nx, nw.w_ih, nw.w_hh, nw.b_ih or nw.b_hh), call.bf16
         )
-        dh0 = order.unsort(dh) if nd[1] else None
-        dc0 = order.unsort(dc) if nd[2] else None
-        db_ih = db if ctx.has_bias[0] and nd[5] else None
-        db_hh = db.clone() if ctx.has_bias[1] and nd[6] else None  # no shared .grad
-        dps = [dpeep[r] if ctx.has_peep[r] and nd[7 + r] else None for r in range(3)]
-        return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, *dps, None, None, None, None, None
+        dpeeps = {name: dpeep[_PEEP_ROW[name]] for name in w.peep}
+        grads = LayerWeights(
+            dw_ih,
+            dw_hh,
+            db if nw.b_ih else None,
+            (db.clone() if nw.b_ih else db) if nw.b_hh else None,  # no shared .grad
+            dpeeps,
+        )
+        return dx, (order.unsort(dh), order.unsort(dc)), grads
 
 
-def arguments(cell, x, state, weights, lengths, reverse) -> tuple:
-    """The arguments of :class:`LSTMFunction` for one direction of one layer."""
-    h0, c0 = state
-    peep = weights.peep
-    tensors = (x, h0, c0, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, *peep.values())
-    store = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    return (
-        x,
-        h0,
-        c0,
-        weights.w_ih,
-        weights.w_hh,
-        weights.b_ih,
-        weights.b_hh,
-        peep.get("ci"),
-        peep.get("cf"),
-        peep.get("co"),
-        lstm_flags(cell),
-        lengths,
-        reverse,
-        store,
-        bf16_wanted(x),
-    )
+_PEEP_ROW = {"ci": 0, "cf": 1, "co": 2}
 
 
-def finish(outputs):
-    """(output, final state) from :class:`LSTMFunction`'s outputs."""
-    out, h_n, c_n = outputs
-    return out, (h_n, c_n)
+def _peepholes(peep: dict, H: int, dtype: torch.dtype) -> torch.Tensor:
+    """The (3, H) rows p_i, p_f, p_o the kernels read, zeros where a variant has none."""
+    rows = torch.zeros(3, H, dtype=dtype)
+    for name, p in peep.items():
+        rows[_PEEP_ROW[name]] = p
+    return rows
 
 
-FUNCTION = LSTMFunction
+KERNEL = LSTMKernel()

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import numba
 import torch
-from torch.autograd.function import once_differentiable
 
+from carousel.backends import LayerWeights
 from carousel.kernels._mkl import (
     JIT,
     TR,
@@ -39,11 +39,8 @@ from carousel.kernels._mkl import (
     vtanh,
 )
 from carousel.kernels.common import (
-    Order,
-    bf16_wanted,
     flat_weight_grads,
     input_products,
-    no_autocast,
     np_,
     scratch,
 )
@@ -144,34 +141,38 @@ def rnn_backward(
     restore_threads(old_threads)
 
 
-class RNNFunction(torch.autograd.Function):
-    """One direction of one Elman RNN layer over a whole sequence, fused."""
+class RNNKernel:
+    """One direction of one Elman RNN layer over a whole sequence, fused: the kernel protocol
+    of :mod:`carousel.kernels.common` (which supplies the autograd)."""
+
+    #: nothing saved besides inputs and outputs: φ'(a) comes from h_t itself
+    n_saved = 0
 
     @staticmethod
-    @no_autocast
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, phi, lengths, reverse, bf16):
+    def forward(call, x, state, weights):
+        (h0,) = state
+        w = weights
         T, B, _ = x.shape
-        H = w_hh.shape[1]
+        H = w.w_hh.shape[1]
         dtype = x.dtype
-        order = Order(T, B, lengths)
+        order, bf16 = call.order, call.bf16
         x2 = x.reshape(T * B, -1)
-        bias = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
-        gx = input_products(x2, w_ih, bias, bf16).view(T, B, H)  # all steps in one product
+        bias = w.b_ih if w.b_hh is None else (w.b_hh if w.b_ih is None else w.b_ih + w.b_hh)
+        gx = input_products(x2, w.w_ih, bias, bf16).view(T, B, H)  # all steps in one product
         h = order.sort(h0)
         out = order.buffer(T, B, H, dtype=dtype)
         work = torch.empty(B, H, dtype=dtype)
         z = torch.empty(1, B * H, dtype=dtype)
         si, sf = scratch(dtype)
         perm, lens, nlive = order.arrays()
-        w_hh_c = w_hh.detach().contiguous()
         rnn_forward(
             np_(gx),
-            np_(w_hh_c),
-            phi,
+            np_(w.w_hh),
+            _PHI[call.cell.nonlinearity],
             perm,
             lens,
             nlive,
-            int(reverse),
+            int(call.reverse),
             order.packed(dtype, bf16),
             np_(h),
             np_(out),
@@ -180,21 +181,17 @@ class RNNFunction(torch.autograd.Function):
             si,
             sf,
         )
-        ctx.save_for_backward(x, h0, w_ih, w_hh_c, out)
-        ctx.order, ctx.reverse, ctx.phi, ctx.bf16 = order, reverse, phi, bf16
-        ctx.has_bias = (b_ih is not None, b_hh is not None)
-        return out, order.unsort(h)
+        return out, (order.unsort(h),), ()
 
     @staticmethod
-    @once_differentiable
-    @no_autocast
-    def backward(ctx, dout, dh_n):
-        x, h0, w_ih, w_hh, out = ctx.saved_tensors
-        order = ctx.order
+    def backward(call, x, state, weights, out, final, saved, dout, dfinal, needs):
+        (h0,) = state
+        w = weights
+        order = call.order
         T, B, _ = x.shape
-        H = w_hh.shape[1]
+        H = w.w_hh.shape[1]
         dtype = x.dtype
-        dh = order.sort(dh_n)
+        dh = order.sort(dfinal[0])
         dA = order.buffer(T, B, H, dtype=dtype)
         hprev = order.buffer(T, B, H, dtype=dtype)
         dst = torch.empty(B, H, dtype=dtype)
@@ -203,15 +200,15 @@ class RNNFunction(torch.autograd.Function):
         perm, lens, nlive = order.arrays()
         rnn_backward(
             np_(out),
-            np_(h0.contiguous()),
-            np_(w_hh),
-            ctx.phi,
+            np_(h0),
+            np_(w.w_hh),
+            _PHI[call.cell.nonlinearity],
             perm,
             lens,
             nlive,
-            int(ctx.reverse),
-            order.packed(dtype, ctx.bf16),
-            np_(dout.contiguous()),
+            int(call.reverse),
+            order.packed(dtype, call.bf16),
+            np_(dout),
             np_(dh),
             np_(dA),
             np_(hprev),
@@ -220,36 +217,13 @@ class RNNFunction(torch.autograd.Function):
             si,
             sf,
         )
-        nd = ctx.needs_input_grad
+        nx, _, nw = needs
         dx, dw_ih, dw_hh, db = flat_weight_grads(  # (RB4)
-            dA, x, hprev, w_ih, (nd[0], nd[2], nd[3], nd[4] or nd[5]), ctx.bf16
+            dA, x, hprev, w.w_ih, (nx, nw.w_ih, nw.w_hh, nw.b_ih or nw.b_hh), call.bf16
         )
-        dh0 = order.unsort(dh) if nd[1] else None
-        db_ih = db if ctx.has_bias[0] and nd[4] else None
-        db_hh = db.clone() if ctx.has_bias[1] and nd[5] else None  # no shared .grad
-        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None
+        db_ih = db if nw.b_ih else None
+        db_hh = (db.clone() if nw.b_ih else db) if nw.b_hh else None  # no shared .grad
+        return dx, (order.unsort(dh),), LayerWeights(dw_ih, dw_hh, db_ih, db_hh, {})
 
 
-def arguments(cell, x, state, weights, lengths, reverse) -> tuple:
-    """The arguments of :class:`RNNFunction` for one direction of one layer."""
-    return (
-        x,
-        state[0],
-        weights.w_ih,
-        weights.w_hh,
-        weights.b_ih,
-        weights.b_hh,
-        _PHI[cell.nonlinearity],
-        lengths,
-        reverse,
-        bf16_wanted(x),
-    )
-
-
-def finish(outputs):
-    """(output, final state) from :class:`RNNFunction`'s outputs."""
-    out, h_n = outputs
-    return out, (h_n,)
-
-
-FUNCTION = RNNFunction
+KERNEL = RNNKernel()
