@@ -32,6 +32,7 @@ A job's entry point reads like this (see ``carousel.lm.train``)::
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import fcntl
@@ -135,7 +136,7 @@ class TrainSettings:
 
 
 # ---------------------------------------------------------------------------- the job
-class Job:
+class Job(abc.ABC):
     """What a job hands the loop.  Subclass it and fill in ``batches``, ``loss`` and
     ``evaluate``; the rest has defaults."""
 
@@ -147,22 +148,22 @@ class Job:
     unit: str = "nats"  # what the loss is measured in (metrics rows, the curves' axis)
     item: str = "item"  # what `loss` counts (token, sequence, sentence): progress shows items/s
 
+    @abc.abstractmethod
     def batches(self, epoch: int, start: int) -> Iterator[Any]:
         """The batches of epoch ``epoch`` from index ``start`` on (a resumed run starts
         mid-epoch); the same (epoch, start) must give the same batches every time."""
-        raise NotImplementedError
 
     def steps_in_epoch(self, epoch: int) -> int | None:
         """How many batches epoch ``epoch`` has, if known (for the progress display)."""
         return None
 
+    @abc.abstractmethod
     def loss(self, model: nn.Module, batch: Any) -> tuple[Tensor, int]:
         """The mean loss of ``batch`` (to minimise) and the number of items it trained."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Scores of ``model`` (in eval mode) on held-out data; holds ``self.metric``."""
-        raise NotImplementedError
 
     def wants_evaluation(self) -> bool:
         """Asked after every step: evaluate now (e.g. the lag criterion's window is full)."""
