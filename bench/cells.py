@@ -30,6 +30,10 @@ recurrent product, cell (elementwise) and barrier waits by TSC ticks, the weight
 products, and the rest.  A contender that crashes on this CPU (torch's oneDNN bfloat16
 LSTM without AVX-512) is printed as "unavailable on this CPU" and the run goes on.
 
+``--proj P`` gives the LSTM cells a projection (``proj_size=P``, Sak et al. 2014) and times
+``lstm`` against torch.nn.LSTM(H, H, proj_size=P), the other variants against carousel's
+``lstm`` with the same projection.
+
 With ``--output FILE`` (``make bench`` writes BENCHMARKS.md) the table, the command, the
 machine and its load average replace the ``## Cells`` section of FILE.
 
@@ -150,9 +154,11 @@ def profile(name: str, H: int, B: int, T: int, repeats: int) -> str:
     return "\n".join(lines)
 
 
-def gflops(cell: str, T: int, B: int, H: int, mode: str, ms: float) -> float:
-    """Matrix-product GFLOP/s: forward 2·T·B·(I + H)·G·H with I = H; training counts 3×."""
-    flop = 2 * T * B * 2 * H * carousel.CELLS[cell].num_gates * H
+def gflops(cell: str, T: int, B: int, H: int, mode: str, ms: float, P: int = 0) -> float:
+    """Matrix-product GFLOP/s: forward 2·T·B·(I + H)·G·H with I = H (with a projection
+    2·T·B·((I + P)·G·H + H·P)); training counts 3×."""
+    G = carousel.CELLS[cell].num_gates
+    flop = 2 * T * B * ((H + (P or H)) * G * H + H * P)
     return flop * (3 if mode == "train" else 1) / (ms * 1e6)
 
 
@@ -271,6 +277,9 @@ def main() -> None:
         choices=["median", "min"],
         help="min is the robust choice on a busy machine (preemption only adds time)",
     )
+    parser.add_argument(
+        "--proj", type=int, default=0, metavar="P", help="LSTM cells with proj_size=P"
+    )
     parser.add_argument("--output", default=None, help="write the table into this file")
     parser.add_argument(
         "--append", action="store_true", help="add to the ## Cells section instead of replacing"
@@ -299,6 +308,10 @@ def main() -> None:
     for name in args.cells:
         if name not in carousel.CELLS:
             parser.error(f"unknown cell {name!r}; known: {', '.join(carousel.CELLS)}")
+        if args.proj and carousel.CELLS[name].family != "lstm":
+            parser.error(f"--proj is for LSTM cells; {name!r} has none")
+    if args.proj and args.proj >= min(args.hidden):
+        parser.error(f"--proj {args.proj} must be below every --hidden; got {args.hidden}")
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -310,6 +323,7 @@ def main() -> None:
         f"{'bfloat16 autocast' if args.bf16 else 'float32'}, one layer, one direction, "
         f"input = hidden; backend {args.backend}; {args.stat} of {args.repeats} alternating runs"
         f"{', CPU time' if args.clock == 'cpu' else ''}"
+        + (f"; projection proj_size = {args.proj} on both sides" if args.proj else "")
     )
     header = (
         "| cell | mode | H | B | carousel ms | anchor | anchor ms | anchor/carousel | GFLOP/s "
@@ -337,32 +351,33 @@ def main() -> None:
                 for B in args.batch:
                     torch.manual_seed(0)
                     x = torch.randn(args.steps, B, H)
-                    ours = carousel.make_layer(name, H, H, backend=args.backend)
+                    proj = {"proj_size": args.proj} if args.proj else {}
+                    ours = carousel.make_layer(name, H, H, backend=args.backend, **proj)
                     if args.bf16:
                         anchor_name = f"carousel {name} float32"
-                        anchor = carousel.make_layer(name, H, H, backend=args.backend)
+                        anchor = carousel.make_layer(name, H, H, backend=args.backend, **proj)
                     elif name in TORCH_ANCHORS:
                         anchor_name = f"torch.nn.{family.upper()}"
-                        anchor = TORCH_ANCHORS[name](H, H)
+                        anchor = TORCH_ANCHORS[name](H, H, **proj)
                     else:
                         anchor_name = "carousel lstm"
-                        anchor = carousel.make_layer("lstm", H, H, backend=args.backend)
+                        anchor = carousel.make_layer("lstm", H, H, backend=args.backend, **proj)
                     layers = [(ours, args.bf16), (anchor, False)]
                     if args.loop:
-                        loop = carousel.make_layer(name, H, H, backend="reference")
+                        loop = carousel.make_layer(name, H, H, backend="reference", **proj)
                         loop.load_state_dict(ours.state_dict())
                         layers.append((loop, args.bf16))
                     if args.bf16 and name in TORCH_ANCHORS:
-                        layers.append((TORCH_ANCHORS[name](H, H), True))
+                        layers.append((TORCH_ANCHORS[name](H, H, **proj), True))
                     served = carousel.backends.select_backend(args.backend, ours.cell, x).name
                     numba_here = numba_col and served == "native"
                     if numba_here:
-                        fused = carousel.make_layer(name, H, H, backend="fused")
+                        fused = carousel.make_layer(name, H, H, backend="fused", **proj)
                         fused.load_state_dict(ours.state_dict())
                         layers.append((fused, False))
                     stat = statistics.median if args.stat == "median" else min
                     ms = time_alternating(layers, x, mode, args.repeats, stat)
-                    rate = gflops(name, args.steps, B, H, mode, ms[0])
+                    rate = gflops(name, args.steps, B, H, mode, ms[0], args.proj)
                     row = (
                         f"| {name} | {mode} | {H} | {B} | {ms[0]:.2f} | {anchor_name} | "
                         f"{ms_text(ms[1])} | {ratio_text(ms[1], ms[0])} | {rate:.1f} | "

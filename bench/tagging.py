@@ -2,7 +2,12 @@
 line with dev/test scores, seed and wall time (what EXPERIMENTS.md quotes).
 
     python bench/tagging.py --data ../shared/data/ud_english_ewt --preset tagger-ewt \
-        --cell lstm --bidirectional false [--json-out results.json]
+        --cell lstm --bidirectional false [--out runs/ewt-lstm] [--json-out results.json]
+
+Every ``TaggerConfig`` field is an option (``--data`` the folder, ``--threads`` torch's
+threads, default 1 here: fastest on a busy machine).  ``--out`` keeps the run folder
+(checkpoint, metrics.jsonl; `carousel plot RUN` draws its curves); without it the run
+trains in a temporary one.
 """
 
 from __future__ import annotations
@@ -12,8 +17,6 @@ import json
 import platform
 import sys
 import time
-
-import torch
 
 from carousel.config import (
     add_config_arguments,
@@ -26,27 +29,25 @@ from carousel.tagging import TaggerConfig, train_tagger
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="folder with CoNLL-U or CoNLL-2000 files")
     parser.add_argument("--preset", default="tagger-ewt")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)"
-    )
+    parser.add_argument("--out", default=None, help="run folder to keep (default: temporary)")
     parser.add_argument("--json-out", default=None, help="append the result line to this file")
     add_config_arguments(parser, TaggerConfig)
     args = parser.parse_args(argv)
-    cfg = resolve_config(TaggerConfig, args.preset, overrides_from_args(args))
-    torch.set_num_threads(args.threads)
-    print(f"config: {config_to_dict(cfg)}  torch threads {torch.get_num_threads()}", flush=True)
+    cfg = resolve_config(TaggerConfig, args.preset, {"threads": 1, **overrides_from_args(args)})
+    if cfg.data is None:
+        parser.error("--data FOLDER is required (CoNLL-U or CoNLL-2000 files)")
+    print(f"config: {config_to_dict(cfg)}", flush=True)
     start = time.perf_counter()
-    _, _, metrics = train_tagger(cfg, args.data, log=lambda s: print(s, flush=True))
+    _, _, metrics = train_tagger(cfg, out=args.out)
     result = {
-        "data": args.data,
+        "data": cfg.data,
         "config": config_to_dict(cfg),
         "best_epoch": metrics["best_epoch"],
         "dev": metrics["dev"],
         "test": metrics.get("test"),
         "wall_s": round(time.perf_counter() - start, 1),
-        "threads": args.threads,
+        "threads": cfg.threads,
         "machine": platform.processor() or platform.machine(),
     }
     line = json.dumps(result)

@@ -44,16 +44,16 @@ def _check(name, dtype, bidirectional, num_layers, ragged, initial, **kw):
     g = torch.Generator().manual_seed(2)
     x = torch.randn(T, B, IN, dtype=dtype, generator=g).requires_grad_()
     lengths = torch.tensor([T, 2, T - 1, 1]) if ragged else None
-    n_states = len(ref.cell.state_names)
+    sizes = ref.state_sizes()  # H per state; h has P units with a projection
     hx = None
     if initial:
         parts = tuple(
-            torch.randn(num_layers * D, B, H, dtype=dtype, generator=g).requires_grad_()
-            for _ in range(n_states)
+            torch.randn(num_layers * D, B, n, dtype=dtype, generator=g).requires_grad_()
+            for n in sizes
         )
-        hx = parts[0] if n_states == 1 else parts
-    weights = [torch.randn(T, B, D * H, dtype=dtype, generator=g)] + [
-        torch.randn(num_layers * D, B, H, dtype=dtype, generator=g) for _ in range(n_states)
+        hx = parts[0] if len(sizes) == 1 else parts
+    weights = [torch.randn(T, B, D * ref.output_size, dtype=dtype, generator=g)] + [
+        torch.randn(num_layers * D, B, n, dtype=dtype, generator=g) for n in sizes
     ]
     expected = _run(ref, x, hx, lengths, weights)
     got = _run(fused, x, hx, lengths, weights)
@@ -93,6 +93,47 @@ def test_fused_matches_reference_float32(name, bidirectional, ragged):
 )
 def test_fused_matches_reference_other_switches(name, kw):
     _check(name, torch.float64, True, 2, True, True, **kw)
+
+
+@pytest.mark.parametrize("ragged", [False, True], ids=["equal", "ragged"])
+@pytest.mark.parametrize("num_layers", [1, 2], ids=["L1", "L2"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("name", list(carousel.LSTM_VARIANTS))
+def test_fused_projection_matches_reference_float64(name, bidirectional, num_layers, ragged):
+    """proj_size (h_t = W_hr m_t) for every LSTM variant: outputs, states, every gradient."""
+    _check(name, torch.float64, bidirectional, num_layers, ragged, True, proj_size=3)
+
+
+@pytest.mark.parametrize("ragged", [False, True], ids=["equal", "ragged"])
+@pytest.mark.parametrize("name", ["lstm", "peephole", "cifg", "nog", "noaf"])
+def test_fused_projection_matches_reference_float32(name, ragged):
+    """float32 runs MKL's packed weights for W_hh and W_hr when the lengths are equal."""
+    _check(name, torch.float32, True, 2, ragged, True, proj_size=2)
+
+
+@pytest.mark.parametrize("name", ["lstm", "peephole", "nig", "nog", "cifg", "noaf"])
+def test_gradcheck_fused_projection(name):
+    torch.manual_seed(3)
+    layer = carousel.make_layer(name, 2, 3, backend="fused", dtype=torch.float64, proj_size=2)
+    cell = layer.cell
+    x = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(3, 3, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([4, 2, 3])
+    w = layer.layer_weights(0)
+    names = [k for k, v in vars(w).items() if k != "peep" and v is not None]
+    params = [getattr(w, k) for k in names] + list(w.peep.values())
+    for reverse in (False, True):
+
+        def fn(x, h0, c0, *args, reverse=reverse):
+            fields = dict(zip(names, args))
+            peep = dict(zip(w.peep, args[len(names) :]))
+            lw = carousel.backends.LayerWeights(**fields, peep=peep)
+            out, final = BACKENDS["fused"].run(cell, x, (h0, c0), lw, lengths, reverse)
+            return (out, *final)
+
+        inputs = (x, h0, c0, *(p.detach().clone().requires_grad_() for p in params))
+        assert torch.autograd.gradcheck(fn, inputs)
 
 
 @pytest.mark.parametrize("name", ["rnn", "gru", "lstm", "peephole", "nig", "nog", "cifg"])

@@ -43,10 +43,10 @@ def flat_function(layer, lengths):
 def inputs(layer, batch=B, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(T, batch, IN, dtype=torch.float64, generator=g).requires_grad_()
-    shape = (layer.num_layers * layer.num_directions, batch, layer.hidden_size)
+    LD = layer.num_layers * layer.num_directions
     states = [
-        torch.randn(shape, dtype=torch.float64, generator=g).requires_grad_()
-        for _ in layer.cell.state_names
+        torch.randn(LD, batch, n, dtype=torch.float64, generator=g).requires_grad_()
+        for n in layer.state_sizes()
     ]
     return x, states
 
@@ -67,6 +67,22 @@ def test_gradgradcheck_fused(name, bidirectional, num_layers, ragged):
     )  # fmt: skip
     lengths = torch.tensor([T, 2]) if ragged else None
     f, theta = flat_function(layer, lengths)
+    x, states = inputs(layer)
+    assert torch.autograd.gradgradcheck(
+        f, (x, theta, *states), fast_mode=True, check_undefined_grad=False
+    )
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("name", list(carousel.LSTM_VARIANTS))
+def test_gradgradcheck_fused_projection(name, bidirectional):
+    """proj_size for every LSTM variant: H = 2 projected to P = 1, two layers, ragged."""
+    torch.manual_seed(0)
+    layer = carousel.make_layer(
+        name, IN, H, num_layers=2, bidirectional=bidirectional, proj_size=1,
+        dtype=torch.float64, backend="fused",
+    )  # fmt: skip
+    f, theta = flat_function(layer, torch.tensor([T, 2]))
     x, states = inputs(layer)
     assert torch.autograd.gradgradcheck(
         f, (x, theta, *states), fast_mode=True, check_undefined_grad=False

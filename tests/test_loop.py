@@ -192,6 +192,21 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path, capsys):
     assert out["step"] == 12
 
 
+def test_a_finished_runs_resume_ends_at_the_best_weights_and_echo_none_is_quiet(tmp_path, capsys):
+    cfg = ToyConfig(lr=0.1, epochs=3)
+
+    class Best(ToyJob):
+        keep_best = True
+
+    _fit(tmp_path, cfg, Best(cfg, scripted=[1.0, 5.0, 6.0]), echo=None)  # best: the first
+    assert capsys.readouterr().out == ""
+    tensors, _ = load_checkpoint(tmp_path / "run")
+    model, out = _fit(tmp_path, None, Best(cfg), resume=True, echo=None)
+    assert out["reason"] == "done" and capsys.readouterr().out == ""
+    assert torch.equal(model.weight, tensors["best.weight"])
+    assert not torch.equal(model.weight, tensors["model.weight"])
+
+
 def test_resume_refuses_a_changed_setting(tmp_path):
     _fit(tmp_path, ToyConfig(epochs=1))
     with pytest.raises(ValueError, match=r"cannot resume .* with lr=0.5"):

@@ -1,5 +1,6 @@
 """carousel's standard cells loaded with a torch.nn module's state_dict behave as that module:
-outputs, final states and every gradient, for every layout torch.nn accepts."""
+outputs, final states and every gradient, for every layout torch.nn accepts; LSTMs with
+projections (``proj_size``) included."""
 
 from __future__ import annotations
 
@@ -14,10 +15,13 @@ from helpers import as_tuple, grads
 
 PAIRS = {
     "lstm": (torch.nn.LSTM, carousel.LSTM, {}),
+    "lstm_proj": (torch.nn.LSTM, carousel.LSTM, {"proj_size": 3}),
     "gru": (torch.nn.GRU, carousel.GRU, {}),
     "rnn_tanh": (torch.nn.RNN, carousel.RNN, {}),
     "rnn_relu": (torch.nn.RNN, carousel.RNN, {"nonlinearity": "relu"}),
 }
+#: torch.nn.LSTM's oneDNN path has no projections; torch says so and runs its own
+pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported")
 TOL = {torch.float32: {"rtol": 1e-5, "atol": 1e-5}, torch.float64: {"rtol": 1e-10, "atol": 1e-10}}
 
 
@@ -60,11 +64,11 @@ def test_padded_input(kind, dtype, num_layers, bidirectional, batch_first):
         kind, dtype, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first
     )
     x = torch.randn(4, 6, 3, dtype=dtype)  # (B, T, I) or (T, B, I): both are valid shapes
-    n_states = 2 if kind == "lstm" else 1
+    sizes = ours.state_sizes()  # (H,), (H, H) or, projected, (P, H)
     LD = num_layers * (2 if bidirectional else 1)
     B = 4 if batch_first else 6
-    hx = tuple(torch.randn(LD, B, 5, dtype=dtype, requires_grad=True) for _ in range(n_states))
-    assert_same_run(ref, ours, (x, x), hx[0] if n_states == 1 else hx, dtype)
+    hx = tuple(torch.randn(LD, B, n, dtype=dtype, requires_grad=True) for n in sizes)
+    assert_same_run(ref, ours, (x, x), hx[0] if len(sizes) == 1 else hx, dtype)
     assert_same_run(ref, ours, (x, x), None, dtype)
 
 
@@ -98,9 +102,23 @@ def test_unbatched_input(kind):
     assert_same_run(ref, ours, (x, x), None, torch.float64)
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("kind", ["lstm", "lstm_proj", "gru", "rnn_tanh"])
 def test_state_dict_keys_and_order_match_torch_nn(kind):
     ref, ours = pair(kind, torch.float32, num_layers=3, bidirectional=True)
     assert list(ours.state_dict()) == list(ref.state_dict())
     assert [p.shape for p in ours.parameters()] == [p.shape for p in ref.parameters()]
     ref.load_state_dict(ours.state_dict())  # and back again
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_projection_shapes_match_torch_nn(bias):
+    ref = torch.nn.LSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2, bias=bias)
+    ours = carousel.LSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2, bias=bias)
+    assert [(n, p.shape) for n, p in ours.named_parameters()] == [
+        (n, p.shape) for n, p in ref.named_parameters()
+    ]
+    assert ours.proj_size == ref.proj_size == 2
+    x = torch.randn(4, 6, 3)
+    (y1, (h1, c1)), (y2, (h2, c2)) = ref(x), ours(x)
+    assert y1.shape == y2.shape == (4, 6, 4)
+    assert h1.shape == h2.shape == (4, 6, 2) and c1.shape == c2.shape == (4, 6, 5)

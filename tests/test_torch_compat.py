@@ -13,8 +13,6 @@ carousel's classes): argument checks, initial states, zero-size batches, T = 0, 
 ``nonlinearity``, ``proj_size`` on RNN/GRU, weight norm and parametrizations through
 ``_flat_weights``, cells.
 
-Tests that need LSTM projections (``proj_size``, also ``proj_size=0``) are strict xfails
-until projections land (the autograd half of issue 12).
 """
 
 from __future__ import annotations
@@ -53,11 +51,6 @@ INFOS = {
 }
 DTYPE = torch.float64
 
-PROJ = pytest.mark.xfail(
-    strict=True,
-    reason="LSTM projections (proj_size, also proj_size=0) are the autograd half of issue 12",
-)
-
 
 def _samples(name: str, requires_grad: bool = True) -> list:
     info = INFOS[name]
@@ -68,14 +61,13 @@ def _samples(name: str, requires_grad: bool = True) -> list:
 
 def _sample_params():
     """(name, index, strip_proj): every ModuleInfo sample; LSTM samples with proj_size=0 once
-    as torch gives them (xfail until projections land) and once without the keyword."""
+    as torch gives them and once without the keyword."""
     params = []
     for name in CAROUSEL:
         for i, sample in enumerate(_samples(name)):
             kwargs = sample.constructor_input.kwargs
             cid = "-".join(f"{k}={v}" for k, v in kwargs.items()) or sample.desc or "default"
-            marks = [PROJ] if "proj_size" in kwargs else []
-            params.append(pytest.param(name, i, False, id=f"{name}-{i}-{cid}", marks=marks))
+            params.append(pytest.param(name, i, False, id=f"{name}-{i}-{cid}"))
             if kwargs.get("proj_size") == 0:
                 params.append(pytest.param(name, i, True, id=f"{name}-{i}-no-proj_size-kwarg"))
     return params
@@ -316,7 +308,6 @@ def test_rnn_args_check(mode):
                 model(x, hx)
 
 
-@PROJ
 def test_projections_lstm_args_check():
     I, H, P, L, B, T, bad = 3, 5, 2, 2, 4, 6, 7
     model = carousel.LSTM(I, H, L, proj_size=P)
@@ -349,7 +340,6 @@ def test_forward_exception_wording(mode):
         LAYERS[mode](10, 20)(torch.randn(5, 2, 10), _hidden(mode, torch.zeros(1, 3, 20)))
 
 
-@PROJ
 def test_forward_exception_wording_projections():
     rnn = carousel.LSTM(10, 20, batch_first=True, proj_size=10)
     with pytest.raises(RuntimeError, match=r"Expected hidden.*size.*got"):
@@ -365,7 +355,6 @@ def test_rnn_initial_hidden_state(mode):
     _assert_same((out1, h1), (out2, h2))
 
 
-@PROJ
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_projections_lstm_initial_hidden_state(bidirectional):
     D = 2 if bidirectional else 1
@@ -508,7 +497,6 @@ def test_rnn_weight_norm_peepholes():
     _check_weight_norm(carousel.LSTM(8, 8, variant="peephole"), "weight_hh_l0", 7)
 
 
-@PROJ
 def test_rnn_weight_norm_projections():
     _check_weight_norm(carousel.LSTM(32, 32, proj_size=16), "weight_hr_l0", 5)
 

@@ -10,6 +10,7 @@ Dimension legend, used in every docstring and ``# (T, B, 4H)`` comment:
     B   sequences in a batch
     I   input features of a step (``input_size``)
     H   hidden units of one direction (``hidden_size``)
+    P   projected units of an LSTM's output and h state (``proj_size``; P = H without one)
     G   gate blocks of a cell (``lstm`` 4: i, f, g, o; ``lstm1997`` 3: i, g, o; GRU 3; RNN 1)
     L   stacked layers (``num_layers``)
     D   directions: 2 if ``bidirectional`` else 1

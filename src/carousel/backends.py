@@ -68,7 +68,8 @@ def reference_sequence(
 
     Args:
         x: (T, B, I) input.
-        state: initial state, one (B, H) tensor per name in ``cell.state_names``.
+        state: initial state, one (B, H) tensor per name in ``cell.state_names`` (an LSTM
+            with a projection: h (B, P), c (B, H)).
         lengths: (B,) int64 on x's device with values in 1..T, or ``None`` if all are T.
             Steps past a sequence's length leave its state unchanged and output zeros.
         reverse: run from each sequence's last real step back to its first.
@@ -78,8 +79,8 @@ def reference_sequence(
             sequence's length.
 
     Returns:
-        output (T, B, H) in the input's time order, and the final state at each sequence's
-        last real step.
+        output (T, B, H) (P with a projection) in the input's time order, and the final state
+        at each sequence's last real step.
     """
     if reverse:
         x = reverse_padded(x, lengths)
@@ -88,13 +89,14 @@ def reference_sequence(
     if lengths is not None:
         live = (torch.arange(T, device=x.device).unsqueeze(1) < lengths).unsqueeze(2)  # (T, B, 1)
     outputs = []
+    extra = {} if weights.w_hr is None else {"w_hr": weights.w_hr}  # the LSTM's projection
     steps: list[dict[str, Tensor]] = []
     for t in range(T):
         if record is None:
-            new = cell.step(gx[t], state, weights.w_hh, weights.b_hh, weights.peep)
+            new = cell.step(gx[t], state, weights.w_hh, weights.b_hh, weights.peep, **extra)
         else:
             new, gates = cell.step_with_gates(
-                gx[t], state, weights.w_hh, weights.b_hh, weights.peep
+                gx[t], state, weights.w_hh, weights.b_hh, weights.peep, **extra
             )
             names = ("h", "s")[: len(new)]  # the state (h, c) is recorded as h and s
             steps.append(gates | dict(zip(names, new)))

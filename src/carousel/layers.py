@@ -97,7 +97,9 @@ class RecurrentLayer(nn.Module):
     Parameters are named and shaped as in torch.nn (``weight_ih_l{k}{suffix}`` (G·H, I),
     ``weight_hh_l{k}{suffix}`` (G·H, H), ``bias_ih_l{k}{suffix}``, ``bias_hh_l{k}{suffix}``
     (G·H,), peepholes ``weight_c{i,f,o}_l{k}{suffix}`` (H,)), initialised uniformly in
-    ±1/√H as torch.nn does.
+    ±1/√H as torch.nn does.  An LSTM cell with ``proj_size`` P > 0 adds torch.nn's
+    ``weight_hr_l{k}{suffix}`` (P, H) after the biases; its outputs and h states then have P
+    units (``weight_hh`` is (G·H, P), layer k > 0 reads D·P inputs) while c keeps H.
     """
 
     def __init__(
@@ -143,6 +145,12 @@ class RecurrentLayer(nn.Module):
         if cell.needs_bias() and not bias:
             raise ArgumentError(f"{cell!r} sets an initial bias, so it needs bias=True; got False")
         check_backend(backend)
+        self.proj_size = int(getattr(cell, "proj_size", 0))
+        if self.proj_size >= self.hidden_size:
+            raise ArgumentError(
+                "proj_size has to be smaller than hidden_size; got "
+                f"proj_size={self.proj_size}, hidden_size={self.hidden_size}"
+            )
         self.bias = bias
         self.batch_first = batch_first
         self.dropout = float(dropout)
@@ -151,15 +159,18 @@ class RecurrentLayer(nn.Module):
         self.num_directions = 2 if bidirectional else 1
 
         G, H = cell.num_gates, self.hidden_size
+        out = self.output_size
         factory = {"device": device, "dtype": dtype}
         self._weight_names: list[list[str]] = []  # per (layer, direction), k·D + d
         for k in range(self.num_layers):
-            layer_in = self.input_size if k == 0 else H * self.num_directions
+            layer_in = self.input_size if k == 0 else out * self.num_directions
             for d in range(self.num_directions):
                 sfx = f"_l{k}" + ("_reverse" if d else "")
-                shapes = {f"weight_ih{sfx}": (G * H, layer_in), f"weight_hh{sfx}": (G * H, H)}
+                shapes = {f"weight_ih{sfx}": (G * H, layer_in), f"weight_hh{sfx}": (G * H, out)}
                 if bias:
                     shapes |= {f"bias_ih{sfx}": (G * H,), f"bias_hh{sfx}": (G * H,)}
+                if self.proj_size:
+                    shapes |= {f"weight_hr{sfx}": (self.proj_size, H)}
                 shapes |= {f"weight_{p}{sfx}": (H,) for p in cell.peephole_names()}
                 for name, shape in shapes.items():
                     self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
@@ -167,6 +178,19 @@ class RecurrentLayer(nn.Module):
         self.reset_parameters()
 
     # ------------------------------------------------------------------ parameters
+    @property
+    def output_size(self) -> int:
+        """Units of each direction's output and h state: proj_size if set, else hidden_size."""
+        return self.proj_size or self.hidden_size
+
+    def state_sizes(self) -> tuple[int, ...]:
+        """Units of each state tensor (``cell.state_names``): h has :attr:`output_size`, the
+        LSTM's c has hidden_size."""
+        return tuple(
+            self.output_size if i == 0 else self.hidden_size
+            for i in range(len(self.cell.state_names))
+        )
+
     def reset_parameters(self) -> None:
         """torch.nn's initialisation, U(−1/√H, 1/√H) for every parameter, then the cell's
         own bias adjustments (``forget_bias``, ``input_gate_bias``, ``output_gate_bias``)."""
@@ -189,6 +213,7 @@ class RecurrentLayer(nn.Module):
             b_ih=params.get("bias_ih"),
             b_hh=params.get("bias_hh"),
             peep={p: params[f"weight_{p}"] for p in self.cell.peephole_names()},
+            w_hr=params.get("weight_hr"),
         )
 
     @property
@@ -231,7 +256,7 @@ class RecurrentLayer(nn.Module):
             input: (T, B, I), or (B, T, I) with ``batch_first``, or (T, I) unbatched, or a
                 ``PackedSequence`` (sorted or not).
             hx: initial state, ``h0`` or ``(h0, c0)`` for LSTM cells, each (L·D, B, H)
-                ((L·D, H) unbatched); zeros if omitted.
+                ((L·D, H) unbatched; h0 (L·D, B, P) with ``proj_size`` P); zeros if omitted.
             lengths: (B,) true lengths in 1..T of a padded batch; need not be sorted.
                 Output past a sequence's length is zero and its final state is taken at its
                 last real step.
@@ -240,7 +265,7 @@ class RecurrentLayer(nn.Module):
         Returns:
             ``(output, h_n)``, or ``(output, (h_n, c_n))`` for LSTM cells, as torch.nn:
             output (T, B, D·H) (batch_first: (B, T, D·H); packed in, packed out) and final
-            states (L·D, B, H).
+            states (L·D, B, H); with ``proj_size`` P, P in place of H for output and h_n.
         """
         x, lengths, packed, unbatched = self._prepare_input(input, lengths)
         state = self._prepare_state(hx, x, unbatched)
@@ -273,7 +298,7 @@ class RecurrentLayer(nn.Module):
                 ]
             outputs = [out for out, _ in results]
             finals.extend(final for _, final in results)
-            x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)  # (T, B, D·H)
+            x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)  # (T, B, D·H|P)
             if self.dropout > 0 and self.training and k < self.num_layers - 1:
                 x = nn.functional.dropout(x, self.dropout, training=True)
 
@@ -387,10 +412,11 @@ class RecurrentLayer(nn.Module):
     def _prepare_state(self, hx: State | None, x: Tensor, unbatched: bool) -> tuple[Tensor, ...]:
         """Validate hx (or make zeros); return one (L·D, B, H) tensor per state name."""
         names = self.cell.state_names
-        LD, B, H = self.num_layers * self.num_directions, x.size(1), self.hidden_size
+        LD, B = self.num_layers * self.num_directions, x.size(1)
+        sizes = self.state_sizes()
         if hx is None:
-            zeros = torch.zeros(LD, B, H, dtype=x.dtype, device=x.device)
-            return tuple(zeros for _ in names)
+            zeros = {n: torch.zeros(LD, B, n, dtype=x.dtype, device=x.device) for n in set(sizes)}
+            return tuple(zeros[n] for n in sizes)
         parts = (hx,) if isinstance(hx, Tensor) else tuple(hx)
         if len(parts) != len(names) or not all(isinstance(p, Tensor) for p in parts):
             want = "a tensor h0" if len(names) == 1 else "a tuple (h0, c0)"
@@ -398,13 +424,14 @@ class RecurrentLayer(nn.Module):
                 f"expected hx to be {want} for a {self.cell.family} layer; got "
                 f"{type(hx).__name__} of {len(parts)}"
             )
-        want_shape = (LD, H) if unbatched else (LD, B, H)
-        for i, (name, p) in enumerate(zip(names, parts)):
+        for i, (name, size, p) in enumerate(zip(names, sizes, parts)):
+            want_shape = (LD, size) if unbatched else (LD, B, size)
+            units = "P" if size != self.hidden_size else "H"
             if tuple(p.shape) != want_shape:
                 which = "hidden" if len(names) == 1 else f"hidden[{i}]"
                 raise ArgumentError(
                     f"Expected {which} size {want_shape}, got {list(p.shape)} "
-                    f"({name}0 is (L·D, {'' if unbatched else 'B, '}H))"
+                    f"({name}0 is (L·D, {'' if unbatched else 'B, '}{units}))"
                 )
             self._check_tensor(f"{name}0", p)
         return tuple(p.unsqueeze(1) for p in parts) if unbatched else parts
@@ -421,6 +448,8 @@ class RecurrentLayer(nn.Module):
             s += f", dropout={self.dropout}"
         if self.bidirectional:
             s += ", bidirectional=True"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
         s += f", cell={self.cell!r}"
         if self.backend != "auto":
             s += f", backend={self.backend!r}"
@@ -543,8 +572,9 @@ class LSTM(RecurrentLayer):
     torch.nn.LSTM's cell; ``"lstm1997"``, ``"peephole"``, ``"cifg"``, …) and keyword switches
     change it: ``forget_gate``, ``input_gate``, ``output_gate``, ``peepholes``, ``coupled``,
     ``input_activation``, ``output_activation``, ``forget_bias``, ``input_gate_bias``,
-    ``output_gate_bias`` (see :class:`carousel.cells.LSTMOptions`).  Other keywords as
-    :class:`RecurrentLayer`.
+    ``output_gate_bias`` (see :class:`carousel.cells.LSTMOptions`).  ``proj_size`` P > 0
+    projects every variant's output to P units, h_t = W_hr (o_t ⊙ φ_out(s_t)), as
+    ``torch.nn.LSTM(proj_size=P)``.  Other keywords as :class:`RecurrentLayer`.
     """
 
     def __init__(
@@ -556,10 +586,13 @@ class LSTM(RecurrentLayer):
         batch_first: bool = False,
         dropout: float = 0.0,
         bidirectional: bool = False,
+        proj_size: int = 0,
         *,
         variant: str = "lstm",
         **kwargs,
     ) -> None:
+        if proj_size != 0:
+            kwargs = {**kwargs, "proj_size": proj_size}
         cell, layer_kw = variant_cell("lstm", variant, kwargs)
         super().__init__(
             cell,

@@ -146,6 +146,11 @@ def export_layers(
 
     Returns output (T, B, D·H) and the final states, each (L·D, B, H), as the layer's
     forward pass does."""
+    if getattr(layer, "proj_size", 0):  # ONNX's LSTM operator has no projection W_hr
+        raise ArgumentError(
+            f"ONNX export of an LSTM with a projection (proj_size={layer.proj_size}) is not "
+            "supported; export a layer without proj_size"
+        )
     T, B = x.shape[0], x.shape[1]
     H, D = layer.hidden_size, layer.num_directions
     seq_lens = None if lengths is None else lengths.to(torch.int32)

@@ -32,6 +32,7 @@ A job's entry point reads like this (see ``carousel.lm.train``)::
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import fcntl
@@ -135,7 +136,7 @@ class TrainSettings:
 
 
 # ---------------------------------------------------------------------------- the job
-class Job:
+class Job(abc.ABC):
     """What a job hands the loop.  Subclass it and fill in ``batches``, ``loss`` and
     ``evaluate``; the rest has defaults."""
 
@@ -147,22 +148,22 @@ class Job:
     unit: str = "nats"  # what the loss is measured in (metrics rows, the curves' axis)
     item: str = "item"  # what `loss` counts (token, sequence, sentence): progress shows items/s
 
+    @abc.abstractmethod
     def batches(self, epoch: int, start: int) -> Iterator[Any]:
         """The batches of epoch ``epoch`` from index ``start`` on (a resumed run starts
         mid-epoch); the same (epoch, start) must give the same batches every time."""
-        raise NotImplementedError
 
     def steps_in_epoch(self, epoch: int) -> int | None:
         """How many batches epoch ``epoch`` has, if known (for the progress display)."""
         return None
 
+    @abc.abstractmethod
     def loss(self, model: nn.Module, batch: Any) -> tuple[Tensor, int]:
         """The mean loss of ``batch`` (to minimise) and the number of items it trained."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Scores of ``model`` (in eval mode) on held-out data; holds ``self.metric``."""
-        raise NotImplementedError
 
     def wants_evaluation(self) -> bool:
         """Asked after every step: evaluate now (e.g. the lag criterion's window is full)."""
@@ -334,6 +335,11 @@ def setup(cfg: TrainSettings) -> torch.device:
 
 
 # ---------------------------------------------------------------------------- the loop
+def say(line: str) -> None:
+    """A line on stdout, flushed (the default ``echo`` of evaluation lines)."""
+    print(line, flush=True)
+
+
 def fit(
     model: nn.Module,
     job: Job,
@@ -341,6 +347,7 @@ def fit(
     run: Run,
     *,
     progress: bool = True,
+    echo: Callable[[str], None] | None = say,
     on_checkpoint: Callable[[int], None] | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, Any]:
@@ -352,7 +359,9 @@ def fit(
     ``valid_loss`` (the last evaluation's loss, NaN if it reports none).  With
     ``job.keep_best`` the model ends with its best-scoring weights.  Raises
     ``KeyboardInterrupt`` after saving when Ctrl-C stopped it, :class:`TrainingDiverged`
-    when the loss diverged.  ``on_checkpoint(step)`` runs after each checkpoint is on disk;
+    when the loss diverged.  ``echo`` takes the evaluation lines (and a finished run's "nothing
+    to do") when no progress bar shows them; None: quiet.  ``on_checkpoint(step)`` runs
+    after each checkpoint is on disk;
     ``clock`` measures training time (tests inject one).
     """
     device = next(model.parameters()).device
@@ -368,8 +377,8 @@ def fit(
         torch.manual_seed(cfg.seed + 7919 * rank)  # each process its own dropout masks
     reason = _limit_reached(cursor, cfg, epoch_start=True)
     if reason is not None:
-        if main:
-            print(f"{run.root}: finished ({reason} at step {cursor.step}); nothing to do")
+        if main and echo is not None:
+            echo(f"{run.root}: finished ({reason} at step {cursor.step}); nothing to do")
         if job.keep_best and best is not None:
             model.load_state_dict(best)
         return {
@@ -384,7 +393,7 @@ def fit(
     log = MetricsLog(run.metrics, enabled=main)
     if run.resuming:
         log.truncate_after(cursor.step)
-    bar = Progress(_planned_steps(job, cfg), cursor.step, enabled=progress and main)
+    bar = Progress(_planned_steps(job, cfg), cursor.step, enabled=progress and main, echo=echo)
     stop = StopFlag()
     scores: dict[str, float] = {}
     saved_at = -1
@@ -779,10 +788,18 @@ class StopFlag:
 
 class Progress:
     """On a terminal, a tqdm bar; otherwise (CI, nohup, a log file) a plain line on stderr
-    every ``every`` seconds.  Evaluation lines go to stdout either way."""
+    every ``every`` seconds.  Evaluation lines go to ``echo`` (through the bar on a
+    terminal) either way; ``echo`` None drops them."""
 
-    def __init__(self, total: int | None, initial: int, enabled: bool, every: float = 10.0) -> None:
-        self.enabled = enabled
+    def __init__(
+        self,
+        total: int | None,
+        initial: int,
+        enabled: bool,
+        every: float = 10.0,
+        echo: Callable[[str], None] | None = say,
+    ) -> None:
+        self.enabled, self.echo = enabled, echo
         self.tty = enabled and sys.stderr.isatty()
         self.step, self.total, self.every = initial, total, every
         self.last = time.monotonic()
@@ -803,10 +820,12 @@ class Progress:
             print(f"step {self.step}{of}  {text}", file=sys.stderr, flush=True)
 
     def write(self, line: str) -> None:
+        if self.echo is None:
+            return
         if self.bar is not None:
             self.bar.write(line)
         else:
-            print(line, flush=True)
+            self.echo(line)
 
     def close(self) -> None:
         if self.bar is not None:

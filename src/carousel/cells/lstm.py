@@ -9,14 +9,17 @@ Greff et al., "LSTM: A Search Space Odyssey" (2017), with a_* = W_*x x_t + b_* +
                                                                     1 − i_t if coupled)
     s_t = f_t ⊙ s_{t-1} + i_t ⊙ g_t              internal state: the constant error carousel
     o_t = σ(a_o + p_o ⊙ s_t)                     output gate       (1 if output_gate=False)
-    h_t = o_t ⊙ φ_out(s_t)                       output
+    m_t = o_t ⊙ φ_out(s_t)
+    h_t = m_t, or W_hr m_t with proj_size > 0     output            (projection: Sak et al. 2014)
 
 The peephole terms p_* ⊙ s appear only with ``peepholes=True`` and only for gates that exist;
 without a forget gate s_t = s_{t-1} + i_t ⊙ g_t, the carousel with fixed self-weight 1.
 
 Weight blocks are stacked in the order i, f, g, o, leaving out the gates a variant lacks, so the
 default ``lstm`` has exactly ``torch.nn.LSTM``'s layout and ``lstm1997`` has i, g, o (G = 3).
-The state is (h, c) as in torch.nn; ``c`` is the internal state s above.
+The state is (h, c) as in torch.nn; ``c`` is the internal state s above.  With a projection
+(``proj_size`` P > 0, as ``torch.nn.LSTM(proj_size=P)``) h_t has P units: W_hr is (P, H), the
+recurrent weights read h_{t−1} (G·H, P), and c keeps H units.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ class LSTMOptions(CellOptions):
         output_activation: φ_out: tanh, or identity (NOAF).
         forget_bias: initial value of the forget gate's bias (``bias_ih``'s f block; the
             ``bias_hh`` f block starts at 0); ``None`` keeps torch's uniform initialisation.
+        proj_size: P, the units of the projected output h_t = W_hr m_t (0: no projection);
+            a layer needs 0 < P < hidden_size.
         input_gate_bias, output_gate_bias: the same for the input and output gates (the
             1997 paper's remedy for internal state drift starts them negative, e.g. −2).
     """
@@ -66,6 +71,7 @@ class LSTMOptions(CellOptions):
     input_activation: str = "tanh"
     output_activation: str = "tanh"
     forget_bias: float | None = None
+    proj_size: int = 0
     input_gate_bias: float | None = None
     output_gate_bias: float | None = None
 
@@ -91,6 +97,15 @@ class LSTMOptions(CellOptions):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ArgumentError(f"{name} must be True or False; got {value!r}")
+        if (
+            not isinstance(self.proj_size, int)
+            or isinstance(self.proj_size, bool)
+            or self.proj_size < 0
+        ):
+            raise ArgumentError(
+                "proj_size should be a positive integer or zero to disable projections; "
+                f"got {self.proj_size!r}"
+            )
         check_choice("input_activation", self.input_activation, INPUT_ACTIVATIONS)
         check_choice("output_activation", self.output_activation, OUTPUT_ACTIVATIONS)
         if self.coupled and not self.input_gate:
@@ -131,9 +146,17 @@ class LSTMOptions(CellOptions):
             bias_ih[block] = float(value)
             bias_hh[block] = 0.0
 
-    def step_with_gates(self, gx, state, w_hh, b_hh, peep):
+    def step(self, gx, state, w_hh, b_hh, peep, w_hr=None):
+        return self.step_with_gates(gx, state, w_hh, b_hh, peep, w_hr)[0]
+
+    def step_with_gates(self, gx, state, w_hh, b_hh, peep, w_hr=None):
         h, s = state
-        h, s, gates = lstm_step_with_gates(gx, h, s, w_hh, b_hh, peep, self)
+        if (w_hr is None) != (self.proj_size == 0):
+            raise ArgumentError(
+                f"proj_size={self.proj_size} needs the projection weight_hr exactly when it "
+                f"is positive; got {'none' if w_hr is None else tuple(w_hr.shape)}"
+            )
+        h, s, gates = lstm_step_with_gates(gx, h, s, w_hh, b_hh, peep, self, w_hr)
         return (h, s), gates
 
 
@@ -145,12 +168,14 @@ def lstm_step(
     b_hh: Tensor | None,
     peep: dict[str, Tensor],
     opt: LSTMOptions,
+    w_hr: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One step of the LSTM family, written as the equations in the module docstring.
 
-    gx = W_ih x_t + b_ih is (B, G·H); h, s are (B, H); returns (h_t, s_t).
+    gx = W_ih x_t + b_ih is (B, G·H); h is (B, P) with a projection w_hr (P, H), else (B, H);
+    s is (B, H); returns (h_t, s_t).
     """
-    h, s, _ = lstm_step_with_gates(gx, h, s, w_hh, b_hh, peep, opt)
+    h, s, _ = lstm_step_with_gates(gx, h, s, w_hh, b_hh, peep, opt, w_hr)
     return h, s
 
 
@@ -162,6 +187,7 @@ def lstm_step_with_gates(
     b_hh: Tensor | None,
     peep: dict[str, Tensor],
     opt: LSTMOptions,
+    w_hr: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """:func:`lstm_step` and its gate values: (h_t, s_t, {"i", "f", "g", "o": (B, H)}), the
     gates the variant computes (a removed gate, fixed at 1, is left out; CIFG's f = 1 − i is in).
@@ -177,6 +203,7 @@ def lstm_step_with_gates(
         f = 1.0
     s = f * s + i * g
     o = torch.sigmoid(a["o"] + peep["co"] * s if "co" in peep else a["o"]) if "o" in a else 1.0
-    h = o * ACTIVATIONS[opt.output_activation](s)
+    m = o * ACTIVATIONS[opt.output_activation](s)
+    h = m if w_hr is None else F.linear(m, w_hr)  # the projection h_t = W_hr m_t
     gates = {name: v for name, v in (("i", i), ("f", f), ("g", g), ("o", o)) if torch.is_tensor(v)}
     return h, s, gates

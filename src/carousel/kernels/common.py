@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -115,10 +116,20 @@ def no_autocast(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        if not torch.is_autocast_enabled("cpu"):  # the common case: no context to enter
+            return fn(*args, **kwargs)
         with torch.autocast("cpu", enabled=False):
             return fn(*args, **kwargs)
 
     return wrapper
+
+
+def presigned(fn: Callable) -> Callable:
+    """``fn`` with its signature computed once: ``Function.apply`` binds the forward's
+    signature at every call when there is a ``setup_context``, and ``inspect.signature``
+    returns a stored ``__signature__`` at once."""
+    fn.__signature__ = inspect.signature(fn)
+    return fn
 
 
 def _bf16_operand(t: Tensor) -> tuple[int, np.ndarray, int]:
@@ -328,6 +339,7 @@ class SequenceFunction(torch.autograd.Function):
     """
 
     @staticmethod
+    @presigned
     @no_autocast
     def forward(calls, concurrent, *tensors):
         parts = _split(tensors, [c.n_flat for c in calls])
@@ -458,6 +470,7 @@ class SequenceBackward(torch.autograd.Function):
     """
 
     @staticmethod
+    @presigned
     @no_autocast
     def forward(calls, needs, concurrent, *tensors):
         sizes = [c.n_flat + c.n_out + 1 + c.n_state for c in calls]

@@ -2,7 +2,8 @@
 
 One compiled kernel per direction of the time loop serves every variant: the switches are
 runtime integers, so numba compiles it once per dtype.  The derivation follows; the code below
-carries its tags ``(F1)…(F7)``, ``(B1)…(B9)`` and ``(B10)`` (``docs/bptt.md`` has the parts
+carries its tags ``(F1)…(F8)``, ``(B1)…(B9)``, ``(P1)``, ``(P2)`` and ``(B10)``
+(``docs/bptt.md`` has the parts
 every family shares: notation, the products over all steps (B10), lengths, bfloat16).
 ⊙ is the elementwise product, σ the logistic function, δv = ∂L/∂v, all vectors (B, H) rows.
 
@@ -15,7 +16,12 @@ variant has, stacked i, f, g, o as in `torch.nn.LSTM`):
     (F4)  g   = φ_in(a_g)                                 tanh, sigmoid or identity
     (F5)  s_t = f ⊙ s_{t−1} + i ⊙ g                      the constant error carousel
     (F6)  o   = σ(a_o + p_o ⊙ s_t)                       1 without output gate
-    (F7)  h_t = o ⊙ φ_out(s_t)                            φ_out tanh or identity
+    (F7)  m_t = o ⊙ φ_out(s_t)                            φ_out tanh or identity
+    (F8)  h_t = W_hr m_t   with a projection (proj_size P), else h_t = m_t
+
+The projection (Sak et al. 2014, ``torch.nn.LSTM(proj_size=P)``): W_hr is (P, H), so h_t and
+the output have P units, the recurrent product of (F1) reads them (W_hh is (G·H, P)) and the
+state s_t keeps H; (F8) is a second GEMM per step, (n_t, H) × (H, P).
 
 The peephole weights p_i, p_f, p_o are zero where a variant has none, so one code path serves
 every variant; a missing gate is a vector of ones. The forward pass keeps i, f, g, o (in place
@@ -27,8 +33,9 @@ state update and peepholes (both start at the gradients of the final state, δh_
 torch.nn calls s_n c_n).
 
     (B1)  δh_t  = ∂L/∂y_t + δh_t^rec
-    (B2)  δa_o  = δh_t ⊙ φ_out(s_t) ⊙ o(1 − o)                          0 without output gate
-    (B3)  δs_t  = δs_t^carry + δh_t ⊙ o ⊙ φ_out'(s_t) + δa_o ⊙ p_o
+    (P1)  δm_t  = δh_t W_hr          with a projection (one GEMM per step), else δm_t = δh_t
+    (B2)  δa_o  = δm_t ⊙ φ_out(s_t) ⊙ o(1 − o)                          0 without output gate
+    (B3)  δs_t  = δs_t^carry + δm_t ⊙ o ⊙ φ_out'(s_t) + δa_o ⊙ p_o
     (B4)  δa_g  = δs_t ⊙ i ⊙ φ_in'(a_g)          φ_in' = 1 − g², g(1 − g) or 1, from g itself
     (B5)  δa_i  = δs_t ⊙ g ⊙ i(1 − i)                                     0 without input gate
           coupled (f = 1 − i, so ∂s_t/∂i = g − s_{t−1}):
@@ -39,7 +46,12 @@ torch.nn calls s_n c_n).
     (B9)  δh_{t−1}^rec = δA_t W_hh,      δA_t = (δa_i, δa_f, δa_g, δa_o)   one GEMM per step
 
 φ_out'(s) = 1 − φ_out(s)² for tanh and 1 for identity. After the loop δh_{−1}^rec and
-δs_{−1}^carry are δh_0 and δs_0, and (B10) gives the rest.
+δs_{−1}^carry are δh_0 and δs_0, and (B10) gives the rest. With a projection the walk also
+keeps each step's δh_t and m_t = o ⊙ φ_out(s_t) (recomputed), and
+
+    (P2)  δW_hr = Σ_{t,b} δh_tᵀ m_t                 one product over all steps, (P, T·B)(T·B, H)
+
+while H_prev in (B10) holds the projected h_{t−1} (T·B, P).
 
 Why (B3) and (B7) look as they do: s_t reaches the loss through h_t (F7) — directly and through
 the output gate's peephole (F6) — and through step t + 1, where it is s_{t−1} of (F2), (F3)
@@ -64,6 +76,7 @@ from carousel.backends import LayerWeights
 from carousel.cells import LSTMOptions
 from carousel.kernels._mkl import (
     JIT,
+    PLAIN,
     TR,
     N,
     copy,
@@ -77,6 +90,7 @@ from carousel.kernels._mkl import (
 from carousel.kernels.common import (
     flat_weight_grads,
     input_products,
+    matmul,
     np_,
     scratch,
 )
@@ -86,8 +100,9 @@ _ACT_OUT = {"tanh": 0, "identity": 1}
 
 
 def lstm_flags(opt: LSTMOptions) -> tuple[int, ...]:
-    """(has_i, own_f, coupled, has_o, act_in, act_out, oi, of, og, oo, G) for the kernels;
-    o* are the gate blocks' column offsets in units of H (−1 when absent)."""
+    """(has_i, own_f, coupled, has_o, act_in, act_out, oi, of, og, oo, G, proj) for the
+    kernels; o* are the gate blocks' column offsets in units of H (−1 when absent), proj
+    whether h_t is projected (proj_size > 0)."""
     gates = opt.gates()
     off = {name: gates.index(name) if name in gates else -1 for name in "ifgo"}
     return (
@@ -102,6 +117,7 @@ def lstm_flags(opt: LSTMOptions) -> tuple[int, ...]:
         off["g"],
         off["o"],
         len(gates),
+        int(opt.proj_size > 0),
     )
 
 
@@ -114,36 +130,39 @@ def _sigmoid_from_exp(z, m, one):
 
 @numba.njit(**JIT)
 def lstm_forward(
-    gx, w_hh, peep, flags, perm, lengths, nlive, rev, packed, h, c, out, cs, work, z, si, sf
+    gx, w_hh, w_hr, peep, flags, perm, lengths, nlive, rev, packed, h, c, out, cs, work, z, si, sf
 ):
     """The forward time loop.
 
     gx (T, B, G·H): in, W_ih x + b_ih + b_hh; out, the gates' activations i, f, g, o.
-    w_hh (G·H, H); peep (3, H) rows p_i, p_f, p_o (zeros where absent).  flags: those of
+    w_hh (G·H, P); w_hr (P, H), the projection (a dummy without one, P = H);
+    peep (3, H) rows p_i, p_f, p_o (zeros where absent).  flags: those of
     :func:`lstm_flags`, then ``store`` (0 in inference: gx and cs are left as scratch).
-    h, c (B, H): initial state in kernel order; on return, each sequence's final state.
-    out (T, B, H) zeros: h_t.  cs (T, B, H): s_t.  work (B, G·H), z (5, B·H): scratch.
+    h (B, P), c (B, H): initial state in kernel order; on return, each sequence's final state.
+    out (T, B, P) zeros: h_t.  cs (T, B, H): s_t.  work (B, G·H), z (5, B·H): scratch.
 
     Every inner loop touches few contiguous arrays, in the arrays' dtype, so LLVM
     vectorises it; a gate a variant lacks is a vector of ones, so the state update is one
     expression for every variant.
     """
     has_i, own_f, coupled, has_o = flags[0], flags[1], flags[2], flags[3]
-    act_in, act_out, G, store = flags[4], flags[5], flags[10], flags[11]
+    act_in, act_out, G, proj, store = flags[4], flags[5], flags[10], flags[11], flags[12]
     T = gx.shape[0]
-    H = h.shape[1]
+    H = c.shape[1]
+    P = h.shape[1]
     GH = G * H
     oi, of, og, oo = flags[6] * H, flags[7] * H, flags[8] * H, flags[9] * H
     zi, zf, zg, zo, zs = z[0], z[1], z[2], z[3], z[4]
     pi, pf, po = peep[0], peep[1], peep[2]
     one = peep.dtype.type(1.0)
     hf = h.reshape(-1)
-    pk = prepare_pack(packed, TR, nlive[0], GH, H, w_hh, H)
-    old_threads = step_threads(nlive[0], GH, H)
+    pk = prepare_pack(packed, TR, nlive[0], GH, P, w_hh, P)
+    pkr = prepare_pack(packed if proj else PLAIN, TR, nlive[0], P, H, w_hr, H)
+    old_threads = step_threads(nlive[0], GH, P)
     for t in range(T):
         n = nlive[t]
         m = n * H
-        step_gemm(pk, packed, N, TR, n, GH, H, h, H, w_hh, H, 0.0, work, GH, si, sf)  # W_hh h_{t−1}
+        step_gemm(pk, packed, N, TR, n, GH, P, h, P, w_hh, P, 0.0, work, GH, si, sf)  # W_hh h_{t−1}
         for j in range(n):  # (F1) a = W_ih x_t + b + W_hh h_{t−1}, and the gates' arguments
             b = perm[j]
             pos = t if rev == 0 else lengths[b] - 1 - t
@@ -201,8 +220,13 @@ def lstm_forward(
             zo[:m] = one
         if act_out == 0:
             vtanh(zs, m)
-        for q in range(m):  # (F7) h_t = o ⊙ φ_out(s_t)
-            hf[q] = zo[q] * zs[q]
+        if proj:
+            for q in range(m):  # (F7) m_t = o ⊙ φ_out(s_t)
+                zs[q] = zo[q] * zs[q]
+            step_gemm(pkr, packed, N, TR, n, P, H, zs, H, w_hr, H, 0.0, h, P, si, sf)  # (F8)
+        else:
+            for q in range(m):  # (F7) h_t = o ⊙ φ_out(s_t)
+                hf[q] = zo[q] * zs[q]
         for j in range(n):  # keep i, f, g, o, s_t and h_t at the sequence's own position
             b = perm[j]
             pos = t if rev == 0 else lengths[b] - 1 - t
@@ -217,39 +241,45 @@ def lstm_forward(
                 if has_o:
                     copy(row, oo, zo, base, H)
                 copy(cs[pos, b], 0, c[j], 0, H)
-            copy(out[pos, b], 0, h[j], 0, H)
+            copy(out[pos, b], 0, h[j], 0, P)
     restore_threads(old_threads)
 
 
 @numba.njit(**JIT)
 def lstm_backward(
-    gates, cs, out, h0, c0, w_hh, peep, flags, perm, lengths, nlive, rev, packed,
-    dout, dh, dc, dA, hprev, dpeep, dst, z, si, sf,
+    gates, cs, out, h0, c0, w_hh, w_hr, peep, flags, perm, lengths, nlive, rev, packed,
+    dout, dh, dc, dA, hprev, dhs, ms, dpeep, dst, z, si, sf,
 ):  # fmt: skip
     """The backward time loop: the δ recursions (B1)–(B9) of the module docstring.
 
-    gates, cs, out: saved by :func:`lstm_forward`; h0, c0 (B, H) in batch order.
-    dout (T, B, H): ∂L/∂h_t from above.  dh, dc (B, H): in, ∂L/∂(h_n, c_n) in kernel order;
-    out, ∂L/∂(h_0, c_0) in kernel order.  dA (T, B, G·H) zeros: ∂L/∂a, the gates'
-    pre-activations.  hprev (T, B, H) zeros: h_{t−1} of each step.  dpeep (3, H) zeros: the
-    peepholes' gradients.  dst (B, G·H), z (11, B·H): scratch.
+    gates, cs, out: saved by :func:`lstm_forward`; h0 (B, P), c0 (B, H) in batch order;
+    w_hr (P, H) the projection (a dummy without one, P = H).
+    dout (T, B, P): ∂L/∂h_t from above.  dh (B, P), dc (B, H): in, ∂L/∂(h_n, c_n) in kernel
+    order; out, ∂L/∂(h_0, c_0) in kernel order.  dA (T, B, G·H) zeros: ∂L/∂a, the gates'
+    pre-activations.  hprev (T, B, P) zeros: h_{t−1} of each step.  With a projection,
+    dhs (T, B, P) and ms (T, B, H) zeros: δh_t and m_t of each step, for δW_hr (P2); dummies
+    without.  dpeep (3, H) zeros: the peepholes' gradients.  dst (B, G·H), z (12, B·H):
+    scratch.
     """
     has_i, own_f, coupled, has_o = flags[0], flags[1], flags[2], flags[3]
-    act_in, act_out, G = flags[4], flags[5], flags[10]
+    act_in, act_out, G, proj = flags[4], flags[5], flags[10], flags[11]
     T = gates.shape[0]
-    H = dh.shape[1]
+    H = dc.shape[1]
+    P = dh.shape[1]
     GH = G * H
     oi, of, og, oo = flags[6] * H, flags[7] * H, flags[8] * H, flags[9] * H
-    zphi, zsp, gi, gf, gg, go, zds, zdao, zdai, zdaf, zst = (
-        z[0], z[1], z[2], z[3], z[4], z[5], z[6], z[7], z[8], z[9], z[10],
+    zphi, zsp, gi, gf, gg, go, zds, zdao, zdai, zdaf, zst, zdm = (
+        z[0], z[1], z[2], z[3], z[4], z[5], z[6], z[7], z[8], z[9], z[10], z[11],
     )  # fmt: skip
     pi, pf, po = peep[0], peep[1], peep[2]
     dpi, dpf, dpo = dpeep[0], dpeep[1], dpeep[2]
     one = peep.dtype.type(1.0)
     dhf = dh.reshape(-1)
     dcf = dc.reshape(-1)
-    pk = prepare_pack(packed, N, nlive[0], H, GH, w_hh, H)
-    old_threads = step_threads(nlive[0], GH, H)
+    dm = zdm if proj else dhf  # δm_t: through the projection (P1), else δh_t itself
+    pk = prepare_pack(packed, N, nlive[0], P, GH, w_hh, P)
+    pkr = prepare_pack(packed if proj else PLAIN, N, nlive[0], H, P, w_hr, H)
+    old_threads = step_threads(nlive[0], GH, P)
     for t in range(T - 1, -1, -1):
         n = nlive[t]
         m = n * H
@@ -261,10 +291,10 @@ def lstm_backward(
             row = gates[pos, b]
             if t == 0:
                 copy(zsp, base, c0[b], 0, H)
-                copy(hprev[pos, b], 0, h0[b], 0, H)
+                copy(hprev[pos, b], 0, h0[b], 0, P)
             else:
                 copy(zsp, base, cs[pp, b], 0, H)
-                copy(hprev[pos, b], 0, out[pp, b], 0, H)
+                copy(hprev[pos, b], 0, out[pp, b], 0, P)
             copy(zst, base, cs[pos, b], 0, H)
             if has_i:
                 copy(gi, base, row, oi, H)
@@ -275,8 +305,12 @@ def lstm_backward(
                 copy(go, base, row, oo, H)
             dhj = dh[j]
             do = dout[pos, b]
-            for k in range(H):  # (B1) ∂L/∂h_t: from above and from step t + 1
+            for k in range(P):  # (B1) ∂L/∂h_t: from above and from step t + 1
                 dhj[k] += do[k]
+            if proj:
+                copy(dhs[pos, b], 0, dhj, 0, P)
+        if proj:  # (P1) δm_t = δh_t W_hr
+            step_gemm(pkr, packed, N, N, n, H, P, dh, P, w_hr, H, 0.0, zdm, H, si, sf)
         if not has_i:
             gi[:m] = one
         if coupled:
@@ -289,17 +323,25 @@ def lstm_backward(
         copy(zphi, 0, zst, 0, m)
         if act_out == 0:
             vtanh(zphi, m)  # φ_out(s_t), recomputed rather than stored
-        if has_o:  # (B2) δo = δh ⊙ φ_out(s_t) ⊙ o(1 − o)
+        if proj:  # m_t = o ⊙ φ_out(s_t), recomputed, kept for (P2)
+            for j in range(n):
+                b = perm[j]
+                pos = t if rev == 0 else lengths[b] - 1 - t
+                mr = ms[pos, b]
+                base = j * H
+                for k in range(H):
+                    mr[k] = go[base + k] * zphi[base + k]
+        if has_o:  # (B2) δo = δm ⊙ φ_out(s_t) ⊙ o(1 − o)
             for q in range(m):
-                zdao[q] = dhf[q] * zphi[q] * go[q] * (one - go[q])
+                zdao[q] = dm[q] * zphi[q] * go[q] * (one - go[q])
         else:
             zdao[:m] = 0.0
-        if act_out == 0:  # (B3) δs = δs_{t+1}-carry + δh ⊙ o ⊙ φ_out'(s_t) + δo ⊙ p_o
+        if act_out == 0:  # (B3) δs = δs_{t+1}-carry + δm ⊙ o ⊙ φ_out'(s_t) + δo ⊙ p_o
             for q in range(m):
-                zds[q] = dcf[q] + dhf[q] * go[q] * (one - zphi[q] * zphi[q])
+                zds[q] = dcf[q] + dm[q] * go[q] * (one - zphi[q] * zphi[q])
         else:
             for q in range(m):
-                zds[q] = dcf[q] + dhf[q] * go[q]
+                zds[q] = dcf[q] + dm[q] * go[q]
         for j in range(n):
             base = j * H
             for k in range(H):
@@ -350,7 +392,7 @@ def lstm_backward(
             b = perm[j]
             pos = t if rev == 0 else lengths[b] - 1 - t
             copy(dA[pos, b], 0, sr, 0, GH)
-        step_gemm(pk, packed, N, N, n, H, GH, dst, GH, w_hh, H, 0.0, dh, H, si, sf)  # (B9) δh_{t−1}
+        step_gemm(pk, packed, N, N, n, P, GH, dst, GH, w_hh, P, 0.0, dh, P, si, sf)  # (B9) δh_{t−1}
     restore_threads(old_threads)
 
 
@@ -366,7 +408,8 @@ class LSTMKernel:
         h0, c0 = state
         w = weights
         T, B, _ = x.shape
-        GH, H = w.w_hh.shape
+        GH, P = w.w_hh.shape
+        H = c0.shape[1]
         dtype = x.dtype
         order, bf16 = call.order, call.bf16
         x2 = x.reshape(T * B, -1)
@@ -374,7 +417,7 @@ class LSTMKernel:
         gx = input_products(x2, w.w_ih, bias, bf16).view(T, B, GH)  # all steps in one product
         h = order.sort(h0)
         c = order.sort(c0)
-        out = order.buffer(T, B, H, dtype=dtype)
+        out = order.buffer(T, B, P, dtype=dtype)
         cs = torch.empty(T, B, H, dtype=dtype)  # read only at live steps
         work = torch.empty(B, GH, dtype=dtype)
         z = torch.empty(5, B * H, dtype=dtype)
@@ -383,6 +426,7 @@ class LSTMKernel:
         lstm_forward(
             np_(gx),
             np_(w.w_hh),
+            np_(_projection(w.w_hr, dtype)),
             np_(_peepholes(w.peep, H, dtype)),
             np.asarray((*lstm_flags(call.cell), int(call.store)), np.int64),
             perm,
@@ -408,15 +452,19 @@ class LSTMKernel:
         gates, cs = saved
         order = call.order
         T, B, _ = x.shape
-        GH, H = w.w_hh.shape
+        GH, P = w.w_hh.shape
+        H = c0.shape[1]
+        proj = w.w_hr is not None
         dtype = x.dtype
         dh = order.sort(dfinal[0])
         dc = order.sort(dfinal[1])
         dA = order.buffer(T, B, GH, dtype=dtype)
-        hprev = order.buffer(T, B, H, dtype=dtype)
+        hprev = order.buffer(T, B, P, dtype=dtype)
+        dhs = order.buffer(T, B, P, dtype=dtype) if proj else torch.empty(1, 1, 1, dtype=dtype)
+        ms = order.buffer(T, B, H, dtype=dtype) if proj else torch.empty(1, 1, 1, dtype=dtype)
         dpeep = torch.zeros(3, H, dtype=dtype)
         dst = torch.empty(B, GH, dtype=dtype)
-        z = torch.empty(11, B * H, dtype=dtype)
+        z = torch.empty(12, B * H, dtype=dtype)
         si, sf = scratch(dtype)
         perm, lens, nlive = order.arrays()
         lstm_backward(
@@ -426,6 +474,7 @@ class LSTMKernel:
             np_(h0),
             np_(c0),
             np_(w.w_hh),
+            np_(_projection(w.w_hr, dtype)),
             np_(_peepholes(w.peep, H, dtype)),
             np.asarray(lstm_flags(call.cell), np.int64),
             perm,
@@ -438,6 +487,8 @@ class LSTMKernel:
             np_(dc),
             np_(dA),
             np_(hprev),
+            np_(dhs),
+            np_(ms),
             np_(dpeep),
             np_(dst),
             np_(z),
@@ -449,17 +500,26 @@ class LSTMKernel:
             dA, x, hprev, w.w_ih, (nx, nw.w_ih, nw.w_hh, nw.b_ih or nw.b_hh), call.bf16
         )
         dpeeps = {name: dpeep[_PEEP_ROW[name]] for name in w.peep}
+        dw_hr = None
+        if proj and nw.w_hr:  # (P2) δW_hr = Σ_t δh_tᵀ m_t, one product over all steps
+            dw_hr = matmul(dhs.view(T * B, P).t(), ms.view(T * B, H), call.bf16)
         grads = LayerWeights(
             dw_ih,
             dw_hh,
             db if nw.b_ih else None,
             (db.clone() if nw.b_ih else db) if nw.b_hh else None,  # no shared .grad
             dpeeps,
+            dw_hr,
         )
         return dx, (order.unsort(dh), order.unsort(dc)), grads
 
 
 _PEEP_ROW = {"ci": 0, "cf": 1, "co": 2}
+
+
+def _projection(w_hr: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """W_hr (P, H) for the kernels, or a dummy (1, 1) without a projection."""
+    return torch.zeros(1, 1, dtype=dtype) if w_hr is None else w_hr
 
 
 def _peepholes(peep: dict, H: int, dtype: torch.dtype) -> torch.Tensor:

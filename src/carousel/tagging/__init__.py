@@ -1,6 +1,8 @@
 """Sequence labelling of words: part-of-speech tagging and chunking with (bi)directional
-recurrent layers.  See :mod:`carousel.tagging.train` for the Python API."""
+recurrent layers, trained through the shared loop.  See :mod:`carousel.tagging.train` for
+the Python API."""
 
+from carousel.tagging.config import TaggerConfig
 from carousel.tagging.model import (
     Tagger,
     TaggerShape,
@@ -9,10 +11,10 @@ from carousel.tagging.model import (
     tagger_to_parts,
 )
 from carousel.tagging.train import (
-    TaggerConfig,
+    TaggerJob,
     build_tagger,
     evaluate_tagger,
-    length_batches,
+    load_tagger,
     load_tagging_data,
     tag_sentences,
     tag_text,
@@ -23,12 +25,13 @@ from carousel.tagging.vocab import TaggerVocab
 __all__ = [
     "Tagger",
     "TaggerConfig",
+    "TaggerJob",
     "TaggerShape",
     "TaggerVocab",
     "build_tagger",
     "encode_batch",
     "evaluate_tagger",
-    "length_batches",
+    "load_tagger",
     "load_tagging_data",
     "tag_sentences",
     "tag_text",

@@ -1,8 +1,9 @@
 """``carousel train tagger``, ``carousel tag`` and the tagger's ``carousel eval``.
 
-A tagger checkpoint is ``RUN/checkpoint.safetensors`` (:mod:`carousel.checkpoint`): the
-model's tensors, and as JSON its kind (``"tagger"``), architecture, vocabulary, settings and
-scores.
+A tagger run folder is what the shared loop writes (:mod:`carousel.train`):
+``checkpoint.safetensors`` (the model's last and best tensors, the optimizer's, and as JSON
+its kind ``"tagger"``, architecture, vocabulary, settings and cursor), ``metrics.jsonl``
+(training, dev and, at the end, test rows) and ``curves.png``.
 """
 
 from __future__ import annotations
@@ -11,25 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from carousel.checkpoint import load_checkpoint, save_checkpoint
-from carousel.config import (
-    add_config_arguments,
-    config_to_dict,
-    overrides_from_args,
-    resolve_config,
-)
-from carousel.tagging.model import Tagger, tagger_from_parts, tagger_to_parts
-from carousel.tagging.train import TaggerConfig, evaluate_tagger, tag_text, train_tagger
-from carousel.tagging.vocab import TaggerVocab
-
-KIND = "tagger"
-
-
-def load_tagger(path: str | Path) -> tuple[Tagger, TaggerVocab, dict]:
-    """The model, vocabulary and metadata of a tagger checkpoint (file or run folder)."""
-    tensors, meta = load_checkpoint(path, kind=KIND)
-    model, vocab = tagger_from_parts(tensors, meta)
-    return model, vocab, meta
+from carousel.config import add_config_arguments, overrides_from_args, resolve_config
+from carousel.tagging.config import TaggerConfig
+from carousel.tagging.train import KIND, evaluate_tagger, load_tagger, tag_text, train_tagger
 
 
 def _percent(scores: dict[str, float]) -> str:
@@ -38,19 +23,34 @@ def _percent(scores: dict[str, float]) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    cfg = resolve_config(TaggerConfig, args.preset, overrides_from_args(args))
-    run = Path(args.out or Path("runs") / Path(args.preset or "tagger").stem)
-    model, vocab, metrics = train_tagger(cfg, args.data)
-    tensors, meta = tagger_to_parts(model, vocab)
-    run.mkdir(parents=True, exist_ok=True)
-    path = run / "checkpoint.safetensors"
-    save_checkpoint(
-        path, tensors, {"kind": KIND, "config": config_to_dict(cfg), "metrics": metrics, **meta}
+    from carousel.train import Run, plot_metrics, say
+
+    overrides = overrides_from_args(args)
+    if args.resume:
+        if args.out or args.preset:
+            raise ValueError("--resume continues a run with its own settings; drop --out/--preset")
+        run, cfg = Path(args.resume), None
+    else:
+        cfg = resolve_config(TaggerConfig, args.preset, overrides)
+        if cfg.data is None:
+            raise ValueError("a new tagger needs --data FOLDER (CoNLL-U or CoNLL-2000 files)")
+        run, overrides = Path(args.out or Path("runs") / Path(args.preset or "tagger").stem), None
+    _, _, metrics = train_tagger(
+        cfg,
+        out=run,
+        resume=bool(args.resume),
+        overrides=overrides,
+        log=say,
+        progress=args.progress,
     )
     for split in ("dev", "test"):
         if split in metrics:
             print(f"{split}: {_percent(metrics[split])}")
-    print(f"checkpoint: {path}")
+    paths = Run(run)
+    print(f"checkpoint: {paths.checkpoint}")
+    if metrics["trained"] or not paths.curves.exists():  # a finished run's resume: no change
+        plot_metrics(run)
+    print(f"curves: {paths.curves}")
     return 0
 
 
@@ -59,7 +59,7 @@ def evaluate_file(path: str | Path, data: str | Path) -> str:
     from carousel.data.conll import read_conll2000, read_conllu
 
     model, vocab, _ = load_tagger(path)
-    read = read_conllu if vocab.layer in ("upos", "xpos") else read_conll2000
+    read = read_conllu if vocab.tagset in ("upos", "xpos") else read_conll2000
     sentences = read(data)
     if not sentences:
         raise ValueError(f"{data} holds no sentences")
@@ -85,16 +85,16 @@ def cmd_tag(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction, jobs: argparse._SubParsersAction) -> None:
     """Add the ``tagger`` job to ``carousel train`` and ``tag`` to ``carousel``."""
     p = jobs.add_parser("tagger", help="a (bidirectional) part-of-speech tagger or chunker")
-    p.add_argument(
-        "--data",
-        required=True,
-        help="folder of CoNLL-U (*train/dev/test*.conllu) or CoNLL-2000 files",
-    )
     p.add_argument("--preset", help="preset name (tagger-ewt, tagger-chunk) or TOML file")
-    p.add_argument("--out", help="run folder (default runs/PRESET)")
-    add_config_arguments(p, TaggerConfig)
+    p.add_argument("--out", help="run folder to create (default runs/PRESET)")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN exactly")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_config_arguments(p, TaggerConfig)  # --data FOLDER: *train/dev/test*.conllu, or CoNLL-2000
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("tag", help="tag text from stdin, one sentence a line: word/TAG")
     p.add_argument("checkpoint", help="tagger checkpoint file or run folder")
     p.set_defaults(func=cmd_tag)
+
+
+__all__ = ["KIND", "cmd_eval", "cmd_tag", "cmd_train", "evaluate_file", "register"]

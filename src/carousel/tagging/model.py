@@ -82,7 +82,9 @@ class Tagger(nn.Module):
         c = self.char_embedding(chars.t()).transpose(1, 2)  # (N, char_dim, C)
         c = torch.tanh(self.char_encoder(c))  # (N, char_features, C)
         C = chars.size(0)
-        past = torch.arange(C).unsqueeze(0) >= char_lengths.unsqueeze(1)  # (N, C)
+        past = torch.arange(C, device=chars.device).unsqueeze(0) >= char_lengths.unsqueeze(
+            1
+        )  # (N, C)
         spelled = c.masked_fill(past.unsqueeze(1), -2.0).amax(dim=2)  # (N, char_features)
         x = torch.cat([self.word_embedding(words), spelled[spelling]], dim=2)  # (T, B, ·)
         x = self.dropout(x)

@@ -33,16 +33,16 @@ class TaggerVocab:
         words: known words (lower-cased), without ``<pad>``/``<unk>``.
         chars: known characters, without ``<pad>``/``<unk>``.
         tags: the tag set, in a fixed order.
-        layer: the annotation layer the tags come from (``upos``, ``chunk``, …).
+        tagset: the annotation the tags come from (``upos``, ``chunk``, …).
     """
 
     def __init__(
-        self, words: Sequence[str], chars: Sequence[str], tags: Sequence[str], layer: str
+        self, words: Sequence[str], chars: Sequence[str], tags: Sequence[str], tagset: str
     ) -> None:
         self.words = [PAD, UNK, *words]
         self.chars = [PAD, UNK, *chars]
         self.tags = list(tags)
-        self.layer = layer
+        self.tagset = tagset
         if len(set(self.words)) != len(self.words) or len(set(self.chars)) != len(self.chars):
             raise ValueError("vocabulary entries must be unique (and not <pad>/<unk>)")
         if not self.tags or len(set(self.tags)) != len(self.tags):
@@ -56,7 +56,7 @@ class TaggerVocab:
         cls,
         sentences: Iterable[Sequence[str]],
         tags: Iterable[Sequence[str]],
-        layer: str,
+        tagset: str,
         min_count: int = 2,
     ) -> TaggerVocab:
         """From training sentences: words seen at least ``min_count`` times (lower-cased),
@@ -71,7 +71,7 @@ class TaggerVocab:
                 char_counts.update(spell(w))
         tag_set = sorted({t for seq in tags for t in seq})
         kept = sorted(w for w, n in word_counts.items() if n >= min_count)
-        return cls(kept, sorted(char_counts), tag_set, layer)
+        return cls(kept, sorted(char_counts), tag_set, tagset)
 
     # ------------------------------------------------------------------ encoding
     def word_ids(self, words: Sequence[str]) -> list[int]:
@@ -105,17 +105,23 @@ class TaggerVocab:
             "words": self.words[2:],
             "chars": self.chars[2:],
             "tags": self.tags,
-            "layer": self.layer,
+            "tagset": self.tagset,
         }
 
     @classmethod
     def from_json(cls, data: dict) -> TaggerVocab:
-        try:
-            return cls(data["words"], data["chars"], data["tags"], data["layer"])
+        try:  # checkpoints written before the rename call the tagset "layer"
+            tagset = data["tagset"] if "tagset" in data else data["layer"]
+            return cls(data["words"], data["chars"], data["tags"], tagset)
         except (KeyError, TypeError) as err:
             raise ValueError(
-                f"expected a tagger vocabulary dict with words, chars, tags, layer; got {err}"
+                f"expected a tagger vocabulary dict with words, chars, tags, tagset; got {err}"
             ) from None
+
+    @property
+    def iob(self) -> bool:
+        """Whether the tags are IOB chunk tags (``O``, ``B-X``, ``I-X``): scored by chunk F1."""
+        return all(t == "O" or t[:2] in ("B-", "I-") for t in self.tags)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, TaggerVocab) and self.to_json() == other.to_json()
@@ -123,5 +129,5 @@ class TaggerVocab:
     def __repr__(self) -> str:
         return (
             f"TaggerVocab({len(self.words)} words, {len(self.chars)} chars, "
-            f"{len(self.tags)} {self.layer} tags)"
+            f"{len(self.tags)} {self.tagset} tags)"
         )
