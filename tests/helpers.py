@@ -6,10 +6,21 @@ import torch
 from torch.func import functional_call
 
 import carousel
+from carousel.kernels import native
 
 #: the registered cells whose family has a fused kernel (the fused-path tests run these)
 FUSED_CELLS = [
     name for name, cell in carousel.CELLS.items() if carousel.FAMILIES[cell.family].kernel
+]
+
+#: whether the native LSTM kernel (kernels/native.cpp) is built and loads here (not with
+#: CAROUSEL_NATIVE=0: then the tests below run the numba kernels only)
+NATIVE = native.available()
+
+#: (cell, backend) for the tests of the kernels' shared autograd: every fused cell on the
+#: numba kernels ("fused"), and every LSTM variant on the native kernel where it loads
+KERNEL_CASES = [(name, "fused") for name in FUSED_CELLS] + [
+    (name, "native") for name in (carousel.LSTM_VARIANTS if NATIVE else ())
 ]
 
 

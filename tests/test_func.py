@@ -10,16 +10,16 @@ from torch.func import functional_call, grad, jacrev, vmap
 
 import carousel
 from carousel.kernels import common
-from helpers import FUSED_CELLS
+from helpers import KERNEL_CASES
 
 T, B, IN, H, V = 4, 3, 2, 3, 3
 LENGTHS = torch.tensor([4, 2, 3])
 TOL = {"rtol": 1e-10, "atol": 1e-12}
 
 
-def _pair(name, **kw):
+def _pair(name, backend="fused", **kw):
     torch.manual_seed(0)
-    fused = carousel.make_layer(name, IN, H, dtype=torch.float64, backend="fused", **kw)
+    fused = carousel.make_layer(name, IN, H, dtype=torch.float64, backend=backend, **kw)
     ref = carousel.make_layer(name, IN, H, dtype=torch.float64, backend="reference", **kw)
     ref.load_state_dict(fused.state_dict())
     return fused, ref
@@ -63,9 +63,11 @@ class _Forwards:
 
 
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-@pytest.mark.parametrize("name", FUSED_CELLS)
-def test_transforms_match_the_reference(name, bidirectional, monkeypatch):
-    fused, ref = _pair(name, num_layers=2, bidirectional=bidirectional)
+@pytest.mark.parametrize(
+    ("name", "backend"), KERNEL_CASES, ids=[f"{n}-{k}" for n, k in KERNEL_CASES]
+)
+def test_transforms_match_the_reference(name, backend, bidirectional, monkeypatch):
+    fused, ref = _pair(name, backend, num_layers=2, bidirectional=bidirectional)
     params = {k: v.detach() for k, v in fused.named_parameters()}
     g = torch.Generator().manual_seed(1)
     x = torch.randn(T, B, IN, dtype=torch.float64, generator=g)
@@ -102,9 +104,11 @@ def test_transforms_match_the_reference(name, bidirectional, monkeypatch):
     assert forwards.n > n  # and the fused kernels ran throughout
 
 
-@pytest.mark.parametrize("name", FUSED_CELLS)
-def test_gradcheck_batched_grad(name):
-    fused, _ = _pair(name, bidirectional=True)
+@pytest.mark.parametrize(
+    ("name", "backend"), KERNEL_CASES, ids=[f"{n}-{k}" for n, k in KERNEL_CASES]
+)
+def test_gradcheck_batched_grad(name, backend):
+    fused, _ = _pair(name, backend, bidirectional=True)
     names = [k for k, _ in fused.named_parameters()]
     x = torch.randn(T, B, IN, dtype=torch.float64, requires_grad=True)
     params = [p.detach().clone().requires_grad_() for p in fused.parameters()]

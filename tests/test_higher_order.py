@@ -18,7 +18,7 @@ from torch.func import functional_call
 
 import carousel
 from carousel.kernels import common
-from helpers import FUSED_CELLS
+from helpers import KERNEL_CASES, NATIVE
 
 T, B, IN, H = 3, 2, 1, 2
 
@@ -51,19 +51,28 @@ def inputs(layer, batch=B, seed=0):
     return x, states
 
 
-CASES = list(itertools.product(FUSED_CELLS, [False, True], [1, 2], [False, True]))
+CASES = [
+    (name, backend, *rest)
+    for (name, backend), *rest in itertools.product(
+        KERNEL_CASES, [False, True], [1, 2], [False, True]
+    )
+]
 
 
 @pytest.mark.parametrize(
-    ("name", "bidirectional", "num_layers", "ragged"),
+    ("name", "backend", "bidirectional", "num_layers", "ragged"),
     CASES,
-    ids=[f"{n}-{'bi' if b else 'uni'}-L{L}-{'ragged' if r else 'equal'}" for n, b, L, r in CASES],
+    ids=[
+        f"{n}-{k}-{'bi' if b else 'uni'}-L{L}-{'ragged' if r else 'equal'}"
+        for n, k, b, L, r in CASES
+    ],
 )
-def test_gradgradcheck_fused(name, bidirectional, num_layers, ragged):
+def test_gradgradcheck_fused(name, backend, bidirectional, num_layers, ragged):
+    """The numba kernels and the native LSTM kernel: the same shared autograd."""
     torch.manual_seed(0)
     layer = carousel.make_layer(
         name, IN, H, num_layers=num_layers, bidirectional=bidirectional,
-        dtype=torch.float64, backend="fused",
+        dtype=torch.float64, backend=backend,
     )  # fmt: skip
     lengths = torch.tensor([T, 2]) if ragged else None
     f, theta = flat_function(layer, lengths)
@@ -124,14 +133,19 @@ def _second_order(layer, x, lengths):
     return first, second
 
 
-@pytest.mark.parametrize("name", ["lstm", "peephole", "gru", "rnn"])
-def test_second_derivatives_match_the_reference(name):
+SECOND = [(n, "fused") for n in ("lstm", "peephole", "gru", "rnn")] + [
+    (n, "native") for n in (("lstm", "peephole") if NATIVE else ())
+]
+
+
+@pytest.mark.parametrize(("name", "backend"), SECOND, ids=[f"{n}-{k}" for n, k in SECOND])
+def test_second_derivatives_match_the_reference(name, backend):
     torch.manual_seed(0)
     ref = carousel.make_layer(name, 3, 4, num_layers=2, bidirectional=True, dtype=torch.float64)
     ref.backend = "reference"
     fused = carousel.make_layer(name, 3, 4, num_layers=2, bidirectional=True, dtype=torch.float64)
     fused.load_state_dict(ref.state_dict())
-    fused.backend = "fused"
+    fused.backend = backend
     x = torch.randn(5, 3, 3, dtype=torch.float64, requires_grad=True)
     lengths = torch.tensor([5, 2, 4])
     for a, b in zip(_second_order(fused, x, lengths), _second_order(ref, x, lengths)):
@@ -139,12 +153,13 @@ def test_second_derivatives_match_the_reference(name):
             torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-12)
 
 
-def test_third_derivative_matches_the_reference():
+@pytest.mark.parametrize("backend", ["fused", "native"] if NATIVE else ["fused"])
+def test_third_derivative_matches_the_reference(backend):
     results = []
-    for backend in ("fused", "reference"):
+    for name in (backend, "reference"):
         torch.manual_seed(0)
         layer = carousel.make_layer("lstm", 2, 3, bidirectional=True, dtype=torch.float64)
-        layer.backend = backend
+        layer.backend = name
         x = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
         y, _ = layer(x, lengths=[4, 2, 3])
         (g1,) = torch.autograd.grad(y.sin().sum(), x, create_graph=True)
@@ -228,8 +243,14 @@ def test_bidirectional_pair_gradgradcheck(monkeypatch):
     both = pair.both
     monkeypatch.setattr(pair, "both", lambda a, b: calls.append(1) or both(a, b))
     layer = carousel.make_layer(
-        "peephole", IN, H, num_layers=2, bidirectional=True, dtype=torch.float64
-    )
+        "peephole",
+        IN,
+        H,
+        num_layers=2,
+        bidirectional=True,
+        dtype=torch.float64,
+        backend="fused",
+    )  # fmt: skip  (auto picks the native kernel, which splits columns, not directions)
     f, theta = flat_function(layer, torch.tensor([T, 2]))
     x, states = inputs(layer)
     assert torch.autograd.gradgradcheck(f, (x, theta, *states), fast_mode=True)

@@ -3,13 +3,17 @@
 Every registered LSTM variant × {uni, bi} × {1, 2 layers} × {equal, ragged lengths}, in
 float64 (to 1e-10) and float32, at a tiny size (one partial block of units) and at sizes that
 cut the hidden units into several blocks shared between two threads, with row tails; gradcheck
-in float64 for every variant; the panel cache; and the fallback to the numba kernels when the
-library cannot load.  Tests of the kernel itself skip when it is not built (``make install``
-builds it); the fallback tests run either way.
+in float64 for every variant; the panel cache; what goes to the numba kernels (a projection,
+bfloat16 autocast) and the fallback to them when the library cannot load.  The autograd is the
+kernels' shared one (kernels/common.py): test_higher_order.py and test_func.py run their
+second-derivative and torch.func checks on the native kernel too.  Tests of the kernel itself
+skip when it is not built (``make install`` builds it) or is disabled (``CAROUSEL_NATIVE=0``);
+the fallback tests run either way.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
@@ -17,11 +21,11 @@ import torch
 
 import carousel
 from carousel.backends import BACKENDS, LayerWeights, select_backend
-from carousel.kernels import native
+from carousel.kernels import common, native
 
 built = pytest.mark.skipif(
-    not native.library_path("avx2").exists(),
-    reason="the native kernels are not built (make install builds them)",
+    not native.available(),
+    reason=f"the native kernels do not load here ({native.failure()}; make install builds them)",
 )
 TOL = {torch.float64: {"rtol": 1e-10, "atol": 1e-12}, torch.float32: {"rtol": 2e-5, "atol": 5e-6}}
 T, IN = 5, 3
@@ -119,11 +123,15 @@ def test_native_other_switches(kw):
 @built
 @pytest.mark.parametrize("name", carousel.LSTM_VARIANTS)
 def test_gradcheck_native(name):
+    """H = 9: a full block of units and a one-lane partial one (AVX2; one partial block with
+    AVX-512).  Every entry of the Jacobian for lstm and peephole; the other variants in
+    gradcheck's fast mode (a random projection: thousands of tiny calls are slow here)."""
     torch.manual_seed(3)
-    layer = carousel.make_layer(name, 2, 10, backend="native", dtype=torch.float64)
+    H = 9
+    layer = carousel.make_layer(name, 2, H, backend="native", dtype=torch.float64)
     cell = layer.cell
     x = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
-    states = tuple(torch.randn(3, 10, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    states = tuple(torch.randn(3, H, dtype=torch.float64, requires_grad=True) for _ in range(2))
     lengths = torch.tensor([4, 2, 3])
     for reverse in (False, True):
         w = layer.layer_weights(0)
@@ -137,7 +145,7 @@ def test_gradcheck_native(name):
             return (out, *final)
 
         inputs = (x, *states, *(p.detach().clone().requires_grad_() for p in params))
-        assert torch.autograd.gradcheck(fn, inputs)
+        assert torch.autograd.gradcheck(fn, inputs, fast_mode=name not in ("lstm", "peephole"))
 
 
 @built
@@ -145,9 +153,104 @@ def test_auto_picks_native_for_lstm_only():
     x = torch.zeros(1)
     assert select_backend("auto", carousel.CELLS["lstm"], x).name == "native"
     assert select_backend("auto", carousel.CELLS["gru"], x).name == "fused"
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # bfloat16 products stay numba's
-        assert select_backend("auto", carousel.CELLS["lstm"], x).name == "fused"
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # served by the numba kernels (below)
+        assert select_backend("auto", carousel.CELLS["lstm"], x).name == "native"
     assert select_backend("auto", carousel.CELLS["lstm"], x.bfloat16()).name == "reference"
+
+
+class _Kernels:
+    """Records which kernel object each fused forward call ran."""
+
+    def __init__(self, monkeypatch):
+        self.ran = []
+        forward = common._kernel_forward
+
+        def recorded(call, flat):
+            self.ran.append(type(call.kernel).__name__)
+            return forward(call, flat)
+
+        monkeypatch.setattr(common, "_kernel_forward", recorded)
+
+
+@built
+def test_the_native_kernel_runs_inside_the_shared_function(monkeypatch):
+    """One SequenceFunction a direction, its kernel the native one; the gradient it returns
+    with create_graph is SequenceBackward's (so a second derivative exists)."""
+    ran = _Kernels(monkeypatch)
+    layer = carousel.LSTM(3, 4, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    y, _ = layer(x, lengths=[5, 3])
+    assert ran.ran == ["NativeLSTMKernel"] * 4
+    assert type(y.grad_fn).__name__ != "NativeLSTMFunctionBackward"
+    (g,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    assert g.requires_grad
+
+
+@built
+@pytest.mark.parametrize("case", ["projection", "bf16"])
+def test_what_native_does_not_serve_goes_to_numba(case, monkeypatch):
+    """proj_size, and bfloat16 autocast: ``backend="native"`` (and so ``auto``) hands the
+    layer to the numba kernel, which matches the reference as always."""
+    torch.manual_seed(0)
+    kw = {"proj_size": 3} if case == "projection" else {}
+    ran = _Kernels(monkeypatch)
+    nat = carousel.LSTM(4, 6, bidirectional=True, backend="native", **kw)
+    ref = carousel.LSTM(4, 6, bidirectional=True, backend="fused", **kw)
+    ref.load_state_dict(nat.state_dict())
+    x = torch.randn(5, 2, 4, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "bf16"):
+        y1, _ = nat(x, lengths=[5, 3])
+        assert ran.ran == ["LSTMKernel"] * 2
+        y2, _ = ref(x, lengths=[5, 3])
+    torch.testing.assert_close(y1, y2, rtol=0, atol=0)
+    g1 = torch.autograd.grad(y1.sum(), [x, *nat.parameters()])
+    g2 = torch.autograd.grad(y2.sum(), [x, *ref.parameters()])
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@built
+def test_without_numba_what_native_does_not_serve_runs_the_reference(monkeypatch):
+    from carousel import kernels
+
+    monkeypatch.setattr(kernels, "supports", lambda cell, x: False)
+    ran = _Kernels(monkeypatch)
+    nat = carousel.LSTM(4, 6, proj_size=3, backend="native")
+    ref = carousel.LSTM(4, 6, proj_size=3, backend="reference")
+    ref.load_state_dict(nat.state_dict())
+    x = torch.randn(5, 2, 4)
+    torch.testing.assert_close(nat(x)[0], ref(x)[0], rtol=0, atol=0)
+    assert ran.ran == []
+
+
+@built
+def test_backward_reuses_the_forward_panels(monkeypatch):
+    """A training step packs W_hh once per direction, in the forward (the backward takes the
+    same panels), and leaves none behind."""
+    packed = []
+    pack = native.panels
+    monkeypatch.setattr(native, "panels", lambda w, G: packed.append(1) or pack(w, G))
+    layer = carousel.LSTM(3, 8, num_layers=2, bidirectional=True)
+    y, _ = layer(torch.randn(5, 3, 3, requires_grad=True))
+    assert len(packed) == 4
+    y.sum().backward()
+    assert len(packed) == 4
+    assert not native._FOR_BACKWARD
+
+
+@built
+def test_backward_after_an_in_place_change_repacks(monkeypatch):
+    """If W_hh changes in place between forward and backward, the backward packs afresh (and
+    autograd's version check then refuses, as for any op that saved the weight)."""
+    layer = carousel.LSTM(3, 8, backend="native")
+    y, _ = layer(torch.randn(5, 3, 3, requires_grad=True))
+    (key,) = native._FOR_BACKWARD
+    with torch.no_grad():
+        layer.weight_hh_l0.mul_(2.0)
+    assert native._backward_panels(layer.weight_hh_l0, 4) is not None
+    assert key not in native._FOR_BACKWARD
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
 
 
 @built
@@ -188,7 +291,8 @@ def test_backward_twice_gives_the_same_gradients():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_fallback_warns_once_and_the_numba_kernels_serve(monkeypatch):
+def test_disabled_the_numba_kernels_serve_silently(monkeypatch):
+    """``CAROUSEL_NATIVE=0`` (carousel.kernels.native.DISABLED): no warning, auto is numba."""
     monkeypatch.setattr(native, "_lib", None)
     monkeypatch.setattr(native, "_isa", None)
     monkeypatch.setattr(native, "_loaded", False)
@@ -196,13 +300,12 @@ def test_fallback_warns_once_and_the_numba_kernels_serve(monkeypatch):
     monkeypatch.setattr(native, "DISABLED", True)
     layer = carousel.LSTM(3, 4, variant="peephole")
     x = torch.randn(5, 2, 3)
-    with pytest.warns(RuntimeWarning, match="numba kernels serve instead") as record:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         y, _ = layer(x)
-        layer(x)
-    assert len(record) == 1
-    assert native.failure() is not None
+    assert "CAROUSEL_NATIVE=0" in native.failure()
     assert select_backend("auto", layer.cell, x).name == "fused"
-    with pytest.raises(ValueError, match="DISABLED is set"):
+    with pytest.raises(ValueError, match="CAROUSEL_NATIVE=0"):
         select_backend("native", layer.cell, x)
     ref = carousel.LSTM(3, 4, variant="peephole", backend="reference")
     ref.load_state_dict(layer.state_dict())
@@ -215,12 +318,33 @@ def test_missing_library_is_one_warning(monkeypatch, tmp_path):
     monkeypatch.setattr(native, "_isa", None)
     monkeypatch.setattr(native, "_loaded", False)
     monkeypatch.setattr(native, "_failure", None)
+    monkeypatch.setattr(native, "DISABLED", False)
     monkeypatch.setattr(native, "HERE", tmp_path)
     with pytest.warns(RuntimeWarning, match="make install"):
         assert not native.available()
+    layer = carousel.LSTM(3, 4, variant="peephole")
+    x = torch.randn(5, 2, 3)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert not native.available()  # once
+        y, _ = layer(x)
+    assert select_backend("auto", layer.cell, x).name == "fused"
+    ref = carousel.LSTM(3, 4, variant="peephole", backend="reference")
+    ref.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(y, ref(x)[0])
+
+
+def test_the_environment_variable_disables_it():
+    import subprocess
+    import sys
+
+    code = "from carousel.kernels import native; print(native.available(), native.DISABLED)"
+    for value, expected in (("0", "False True"), ("1", f"{native.available()} False")):
+        env = {**os.environ, "CAROUSEL_NATIVE": value}
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        assert out.stdout.split("\n")[0] == expected, out
 
 
 def test_build_without_a_compiler_says_so(monkeypatch, capsys):

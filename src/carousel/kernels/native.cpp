@@ -298,6 +298,9 @@ static void atfork_child() {
 static int register_atfork() { return pthread_atfork(nullptr, nullptr, atfork_child); }
 static int atfork_registered = register_atfork();
 
+// below this many weights (G·H², H256 with 4 gates has 262,144) one thread packs W_hh
+static const i64 MIN_SPLIT_PACK = 1 << 18;
+
 // the blocks [lo, hi) of thread p among P, for NB blocks
 static inline void share(i64 NB, int P, int p, i64& lo, i64& hi) {
     lo = NB * p / P;
@@ -352,7 +355,9 @@ static void pack(const T* w, i64 G, i64 H, T* wf, T* wb, int threads) {
     constexpr int W = Vec<T>::W;
     const i64 NB = (H + W - 1) / W, GH = G * H;
     int P = (int)std::min<i64>(threads, NB);
-    if (P < 1) P = 1;
+    // a small weight packs in microseconds on one thread; waking a partner for it costs
+    // more, and on a crowded machine milliseconds (gradcheck's thousands of tiny calls)
+    if (P < 1 || G * H * H < MIN_SPLIT_PACK) P = 1;
     pool()->run(P, [&](int p) {
         i64 lo, hi;
         share(NB, P, p, lo, hi);

@@ -5,10 +5,17 @@ The derivation opens ``native.cpp`` (the same lines as ``docs/bptt.md``, tags (F
 state).  Per step, one pass: a register-blocked micro-kernel computes W_hh h_{t−1} for a tile
 of gate columns — all G gates of a block of hidden units — and applies the gates and the
 state update to that tile while it is in registers; the blocks are split between persistent
-threads with one spin barrier per step.  W_hh is packed once into the micro-kernel's panels
-and the panels are cached while the weight is unchanged (its ``_version``), so a sampler
-calling one step at a time packs once.  The input's share of every gate, and the products
-of (B10), stay single large products over the whole sequence (torch).
+threads with one spin barrier per step.  W_hh is packed once per call into the micro-kernel's
+panels (the backward reuses the forward's; inside :func:`frozen_weights`, a sampler calling
+one step at a time, they are cached while the weight is unchanged).  The input's share of
+every gate, and the products of (B10), stay single large products over the whole sequence
+(torch).
+
+:class:`NativeLSTMKernel` is a :class:`carousel.kernels.Kernel`: the autograd around it is
+the one every fused kernel shares (:func:`carousel.kernels.common.run_sequence`: first-order
+gradients from the hand-derived backward here, exact higher-order gradients from the
+reference twin, torch.func's setup_context and vmap rules).  A layer with a projection
+(proj_size) or under bfloat16 autocast goes to the numba kernels (:func:`served_natively`).
 
 The shared library is built by ``python -m carousel.kernels.build`` (``make install`` runs
 it): plain C++17 compiled by g++ twice, for AVX2 + FMA and for AVX-512, loaded with ctypes —
@@ -16,7 +23,7 @@ no torch headers, so the build takes seconds and the first call costs only ``dlo
 load the AVX2 build asks the CPU whether it has AVX-512 (F, VL, BW, DQ) and the wider build
 is used where it does (``CAROUSEL_NATIVE_ISA=avx2`` forces the narrow one).  Where the
 library is missing or cannot load, one warning, and ``backend="auto"`` runs the numba kernels
-(``backend="fused"``).
+(``backend="fused"``); ``CAROUSEL_NATIVE=0`` in the environment asks for that, silently.
 
 Shapes follow the legend in :mod:`carousel`: T, B, I, H, G.
 """
@@ -36,15 +43,15 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
+from carousel.backends import LayerWeights
 from carousel.cells import CellOptions
 from carousel.kernels.common import (
     Order,
     bf16_wanted,
     flat_weight_grads,
     input_products,
-    no_autocast,
+    run_sequence,
 )
 
 _ACT_IN = {"tanh": 0, "sigmoid": 1, "identity": 2}
@@ -81,8 +88,9 @@ BUILDS = (
 )
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-pthread")
 
-#: set to True to skip loading (the tests of the fallback use it)
-DISABLED = False
+#: True: never load the library, the numba kernels serve (``CAROUSEL_NATIVE=0`` in the
+#: environment sets it: how the tests, and a user, run the fallback on a machine that built it)
+DISABLED = os.environ.get("CAROUSEL_NATIVE", "") == "0"
 
 _lib: ctypes.CDLL | None = None
 _isa: str | None = None
@@ -143,9 +151,10 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
+    if DISABLED:  # asked for: no warning
+        _failure = "disabled (CAROUSEL_NATIVE=0, or carousel.kernels.native.DISABLED)"
+        return
     try:
-        if DISABLED:
-            raise OSError("carousel.kernels.native.DISABLED is set")
         import platform
 
         if platform.machine().lower() not in ("x86_64", "amd64"):
@@ -209,13 +218,11 @@ MIN_WORK = 0
 
 
 def supports(cell: CellOptions, x: Tensor) -> bool:
-    """CPU float32/float64 LSTM-family layers outside bfloat16 autocast (the numba kernels
-    keep that path), when the library loaded."""
+    """CPU float32/float64 LSTM-family layers, when the library loaded (what it does not run
+    itself, :func:`native_sequence` hands to the numba kernels: :func:`served_natively`)."""
     if cell.family != "lstm" or x.device.type != "cpu":
         return False
-    if x.dtype not in (torch.float32, torch.float64) or bf16_wanted(x):
-        return False
-    return available()
+    return x.dtype in (torch.float32, torch.float64) and available()
 
 
 class _Args(ctypes.Structure):
@@ -346,78 +353,113 @@ def _args(flags, order: Order, T: int, B: int, H: int, reverse: bool, store: boo
     return a
 
 
-def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, p_i, p_f, p_o, flags, lengths, reverse, store):
-    """(F1)–(F7) over the sequence: out (T, B, H), h_n, c_n, and for the backward pass (with
-    ``store``) the saved tensors; the body of :class:`NativeLSTMFunction`'s forward, called
-    directly where no gradient is wanted (no autograd node: a sampler's one-token calls)."""
-    T, B, _ = x.shape
-    GH, H = w_hh.shape
-    G = flags[-1]
-    dtype = x.dtype
-    order = Order(T, B, lengths)
-    bias = b_ih if b_hh is None else (b_hh if b_ih is None else b_ih + b_hh)
-    with _clock("input product"):
-        gx = input_products(x.reshape(T * B, -1), w_ih, bias, False).view(T, B, GH)  # (F1)
-    peep = torch.zeros(3, H, dtype=dtype)
-    for row, p in enumerate((p_i, p_f, p_o)):
-        if p is not None:
-            peep[row] = p.detach()
-    h = order.sort(h0)
-    c = order.sort(c0)
-    out = order.buffer(T, B, H, dtype=dtype)
-    cs = torch.empty(T, B, H, dtype=dtype) if store else None
-    hbuf = torch.empty(2, B, H, dtype=dtype)
-    with _clock("pack"):
-        wf, wb = panels(w_hh, G)
-    a = _args(flags, order, T, B, H, reverse, store)
-    a.wf, a.wb, a.peep = wf.data_ptr(), wb.data_ptr(), peep.data_ptr()
-    a.gx, a.h, a.c, a.out, a.cs, a.hbuf = (
-        gx.data_ptr(), h.data_ptr(), c.data_ptr(), out.data_ptr(), _p(cs), hbuf.data_ptr()
-    )  # fmt: skip
-    with _clock("forward kernel"):
-        fail = getattr(_lib, f"carousel_lstm_forward_{_suffix(dtype)}")(ctypes.byref(a))
-    if fail:
-        raise ValueError(f"the native kernel takes 1 to 4 gate blocks; got {G}")
-    return out, order.unsort(h), order.unsort(c), (order, gx, cs, peep, wf, wb)
+def _peep_rows(peep: dict, H: int, dtype: torch.dtype) -> Tensor:
+    """The (3, H) rows p_i, p_f, p_o the kernel reads, zeros where a variant has none."""
+    rows = torch.zeros(3, H, dtype=dtype)
+    for name, p in peep.items():
+        rows[_PEEP_ROW[name]] = p.detach()
+    return rows
 
 
-class NativeLSTMFunction(torch.autograd.Function):
-    """One direction of one LSTM-family layer over a whole sequence, in ``native.cpp``."""
+_PEEP_ROW = {"ci": 0, "cf": 1, "co": 2}
 
-    @staticmethod
-    @no_autocast
-    def forward(
-        ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, p_i, p_f, p_o, flags, lengths, reverse, store
+# id(w_hh) -> (weakref, _version, data_ptr, G, (wf, wb)): the panels a forward call that keeps
+# what the backward needs packed, for that call's backward (which pops them; one that finds
+# none, or finds the weight changed, packs afresh)
+_FOR_BACKWARD: dict[int, tuple] = {}
+
+
+def _keep_for_backward(w_hh: Tensor, G: int, packed: tuple[Tensor, Tensor]) -> None:
+    if len(_FOR_BACKWARD) > 64:  # forward calls whose backward never came
+        for k in [k for k, v in _FOR_BACKWARD.items() if v[0]() is None] or list(_FOR_BACKWARD):
+            _FOR_BACKWARD.pop(k, None)
+    try:
+        ref = weakref.ref(w_hh)
+    except TypeError:
+        return
+    _FOR_BACKWARD[id(w_hh)] = (ref, w_hh._version, w_hh.data_ptr(), G, packed)
+
+
+def _backward_panels(w_hh: Tensor, G: int) -> tuple[Tensor, Tensor]:
+    hit = _FOR_BACKWARD.pop(id(w_hh), None)
+    if (
+        hit is not None
+        and hit[0]() is w_hh
+        and hit[1] == w_hh._version
+        and hit[2] == w_hh.data_ptr()
+        and hit[3] == G
     ):
-        out, h_n, c_n, (order, gx, cs, peep, wf, wb) = _forward(
-            x, h0, c0, w_ih, w_hh, b_ih, b_hh, p_i, p_f, p_o, flags, lengths, reverse, store
-        )
-        if store:
-            ctx.save_for_backward(x, h0, c0, w_ih, w_hh, gx, cs, out, peep)
-            ctx.panels = (wf, wb)
-        ctx.order, ctx.flags, ctx.reverse = order, flags, reverse
-        ctx.has_bias = (b_ih is not None, b_hh is not None)
-        ctx.has_peep = tuple(p is not None for p in (p_i, p_f, p_o))
-        return out, h_n, c_n
+        return hit[4]
+    return panels(w_hh, G)
+
+
+class NativeLSTMKernel:
+    """One direction of one LSTM-family layer over a whole sequence in ``native.cpp``: the
+    kernel protocol of :mod:`carousel.kernels.common`, whose shared autograd (first-order
+    gradients from :meth:`backward`, exact higher orders from the reference twin, torch.func)
+    wraps it exactly as it wraps the numba kernels.  It serves layers without a projection
+    outside bfloat16 autocast; :func:`native_sequence` sends the rest to the numba kernels."""
+
+    #: saved for the backward besides inputs and outputs: the gates' activations, s_t
+    n_saved = 2
 
     @staticmethod
-    @once_differentiable
-    @no_autocast
-    def backward(ctx, dout, dh_n, dc_n):
-        x, h0, c0, w_ih, w_hh, gates, cs, out, peep = ctx.saved_tensors
-        order = ctx.order
+    def forward(call, x, state, weights):
+        """(F1)–(F7) over the sequence: out (T, B, H), (h_n, c_n), (gates, s)."""
+        h0, c0 = state
+        w = weights
         T, B, _ = x.shape
-        GH, H = w_hh.shape
+        GH, H = w.w_hh.shape
+        G = GH // H
         dtype = x.dtype
-        dh = order.sort(dh_n)
-        dc = order.sort(dc_n)
+        order = call.order
+        bias = w.b_ih if w.b_hh is None else (w.b_hh if w.b_ih is None else w.b_ih + w.b_hh)
+        with _clock("input product"):
+            gx = input_products(x.reshape(T * B, -1), w.w_ih, bias, False).view(T, B, GH)  # (F1)
+        peep = _peep_rows(w.peep, H, dtype)
+        h = order.sort(h0)
+        c = order.sort(c0)
+        out = order.buffer(T, B, H, dtype=dtype)
+        cs = torch.empty(T, B, H, dtype=dtype)  # written only with call.store
+        hbuf = torch.empty(2, B, H, dtype=dtype)
+        with _clock("pack"):
+            wf, wb = panels(w.w_hh, G)
+        a = _args(lstm_flags(call.cell), order, T, B, H, call.reverse, call.store)
+        a.wf, a.wb, a.peep = wf.data_ptr(), wb.data_ptr(), peep.data_ptr()
+        a.gx, a.h, a.c, a.out, a.cs, a.hbuf = (
+            gx.data_ptr(), h.data_ptr(), c.data_ptr(), out.data_ptr(), cs.data_ptr(),
+            hbuf.data_ptr(),
+        )  # fmt: skip
+        with _clock("forward kernel"):
+            fail = getattr(_lib, f"carousel_lstm_forward_{_suffix(dtype)}")(ctypes.byref(a))
+        if fail:
+            raise ValueError(f"the native kernel takes 1 to 4 gate blocks; got {G}")
+        if call.store:
+            _keep_for_backward(w.w_hh, G, (wf, wb))
+        return out, (order.unsort(h), order.unsort(c)), (gx, cs)
+
+    @staticmethod
+    def backward(call, x, state, weights, out, final, saved, dout, dfinal, needs):
+        """(B1)–(B9) in ``native.cpp``, then the products of (B10) over all steps."""
+        h0, c0 = state
+        w = weights
+        gates, cs = saved
+        order = call.order
+        T, B, _ = x.shape
+        GH, H = w.w_hh.shape
+        G = GH // H
+        dtype = x.dtype
+        dh = order.sort(dfinal[0])
+        dc = order.sort(dfinal[1])
         dA = order.buffer(T, B, GH, dtype=dtype)
         hprev = order.buffer(T, B, H, dtype=dtype)
         dpeep = torch.zeros(3, H, dtype=dtype)
+        peep = _peep_rows(w.peep, H, dtype)
         dout = dout.contiguous()
         h0c, c0c = h0.detach().contiguous(), c0.detach().contiguous()
-        wf, wb = ctx.panels
-        a = _args(ctx.flags, order, T, B, H, ctx.reverse, True)
+        with _clock("pack"):
+            wf, wb = _backward_panels(w.w_hh, G)
+        a = _args(lstm_flags(call.cell), order, T, B, H, call.reverse, True)
         a.wf, a.wb, a.peep = wf.data_ptr(), wb.data_ptr(), peep.data_ptr()
         a.gx, a.out, a.cs = gates.data_ptr(), out.data_ptr(), cs.data_ptr()
         a.h0, a.c0, a.dout, a.dh, a.dc = (
@@ -426,57 +468,40 @@ class NativeLSTMFunction(torch.autograd.Function):
         a.dA, a.hprev, a.dpeep = dA.data_ptr(), hprev.data_ptr(), dpeep.data_ptr()
         with _clock("backward kernel"):
             getattr(_lib, f"carousel_lstm_backward_{_suffix(dtype)}")(ctypes.byref(a))
-        nd = ctx.needs_input_grad
+        nx, _, nw = needs
         with _clock("weight gradients"):
             dx, dw_ih, dw_hh, db = flat_weight_grads(
-                dA, x, hprev, w_ih, (nd[0], nd[3], nd[4], nd[5] or nd[6])
+                dA, x, hprev, w.w_ih, (nx, nw.w_ih, nw.w_hh, nw.b_ih or nw.b_hh)
             )  # (B10)
-        dh0 = order.unsort(dh) if nd[1] else None
-        dc0 = order.unsort(dc) if nd[2] else None
-        db_ih = db if ctx.has_bias[0] and nd[5] else None
-        db_hh = db.clone() if ctx.has_bias[1] and nd[6] else None  # no shared .grad
-        dps = [dpeep[r] if ctx.has_peep[r] and nd[7 + r] else None for r in range(3)]
-        return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, *dps, None, None, None, None
+        grads = LayerWeights(
+            dw_ih,
+            dw_hh,
+            db if nw.b_ih else None,
+            (db.clone() if nw.b_ih else db) if nw.b_hh else None,  # no shared .grad
+            {name: dpeep[_PEEP_ROW[name]] for name in w.peep},
+        )
+        return dx, (order.unsort(dh), order.unsort(dc)), grads
 
 
-def arguments(cell, x, state, weights, lengths, reverse) -> tuple:
-    """The arguments of :class:`NativeLSTMFunction` for one direction of one layer."""
-    h0, c0 = state
-    peep = weights.peep
-    tensors = (x, h0, c0, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, *peep.values())
-    store = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    return (
-        x.contiguous(),
-        h0,
-        c0,
-        weights.w_ih,
-        weights.w_hh,
-        weights.b_ih,
-        weights.b_hh,
-        peep.get("ci"),
-        peep.get("cf"),
-        peep.get("co"),
-        lstm_flags(cell),
-        lengths,
-        reverse,
-        store,
-    )
+KERNEL = NativeLSTMKernel()
+
+
+def served_natively(x: Tensor, weights) -> bool:
+    """Whether :func:`native_sequence` runs a layer in ``native.cpp``: not with a projection
+    (proj_size; (F8), (P1), (P2) are the numba kernel's) nor under bfloat16 autocast (the
+    numba kernels' bfloat16 products); those go to the numba kernels."""
+    return weights.w_hr is None and not bf16_wanted(x)
 
 
 def native_sequence(cell, x, state, weights, lengths, reverse):
-    """Run one direction of one LSTM-family layer with the native kernel."""
+    """Run one direction of one LSTM-family layer with the native kernel, through the shared
+    autograd of :func:`carousel.kernels.common.run_sequence`; what it does not serve
+    (:func:`served_natively`) runs the numba kernels."""
     _load()
-    if getattr(weights, "w_hr", None) is not None:  # a projection (proj_size): not ours
+    if not served_natively(x, weights):
         from carousel import kernels
+        from carousel.backends import reference_sequence
 
-        return kernels.fused_sequence(cell, x, state, weights, lengths, reverse)
-    args = arguments(cell, x, state, weights, lengths, reverse)
-    if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"):  # autograd's node (and
-        # forward-mode AD's dual tensors, which require no grad) need the Function
-        out, h_n, c_n = NativeLSTMFunction.apply(*args)
-    else:
-        out, h_n, c_n, _ = _forward(*args)
-    return out, (h_n, c_n)
-
-
-FUNCTION = NativeLSTMFunction
+        run = kernels.fused_sequence if kernels.supports(cell, x) else reference_sequence
+        return run(cell, x, state, weights, lengths, reverse)
+    return run_sequence(KERNEL, cell, x, state, weights, lengths, reverse)
