@@ -370,6 +370,8 @@ def main() -> None:
                     if args.bf16 and name in TORCH_ANCHORS:
                         layers.append((TORCH_ANCHORS[name](H, H, **proj), True))
                     served = carousel.backends.select_backend(args.backend, ours.cell, x).name
+                    if served == "native" and args.proj:  # a projection: numba's (F8)
+                        served = "fused"
                     numba_here = numba_col and served == "native"
                     if numba_here:
                         fused = carousel.make_layer(name, H, H, backend="fused", **proj)

@@ -340,12 +340,13 @@ def panels(w_hh: Tensor, G: int) -> tuple[Tensor, Tensor]:
 
 def _args(flags, order: Order, T: int, B: int, H: int, reverse: bool, store: bool) -> _Args:
     has_i, own_f, coupled, has_o, act_in, act_out, oi, of, og, oo, G = flags
-    perm, lens, nlive = order.perm, order.lengths, order.nlive
+    perm, lens, nlive = order.arrays()  # numpy views: under torch.func the order's tensors
+    # are wrappers without storage of their own (the numba kernels read them the same way)
     a = _Args(
         T, B, H, G, has_i, own_f, coupled, has_o, act_in, act_out, int(store), int(reverse),
         oi, of, og, oo, threads(),
     )  # fmt: skip
-    a.perm, a.lengths, a.nlive = perm.data_ptr(), lens.data_ptr(), nlive.data_ptr()
+    a.perm, a.lengths, a.nlive = perm.ctypes.data, lens.ctypes.data, nlive.ctypes.data
     if PROFILE is not None:
         if PROFILE.shape[0] < a.threads:
             raise ValueError(f"PROFILE needs {a.threads} rows; has {PROFILE.shape[0]}")
