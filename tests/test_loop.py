@@ -97,6 +97,18 @@ def test_clip_gradients_caps_the_norm_and_reports_it():
     assert clip_gradients(model, 0) == pytest.approx(1.0, rel=1e-5)  # 0: measured, not clipped
 
 
+def test_clip_gradients_measures_finite_gradients_beyond_float32s_squares():
+    # an exploding RNN's gradients: finite, but their squares overflow float32
+    model = nn.Linear(3, 1)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 1e21)
+    assert clip_gradients(model, 1.0) == pytest.approx(2e21)
+    after = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
+    assert float(after) == pytest.approx(1.0, rel=1e-5)
+    model.bias.grad = torch.tensor([math.nan])
+    assert math.isnan(clip_gradients(model, 1.0))  # a gradient that is not finite stays so
+
+
 def test_the_learning_rate_schedule_decays_per_epoch(tmp_path):
     cfg = ToyConfig(lr=0.1, lr_decay=0.5, decay_after=2, epochs=4, log_every=4)
     _fit(tmp_path, cfg)

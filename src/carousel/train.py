@@ -210,6 +210,7 @@ class Cursor:
     first_loss: float | None = None  # the run's first training loss (divergence test)
     window_loss: float = 0.0  # sum of step losses since the last training row
     window_steps: int = 0
+    window_grad_norm: float = 0.0  # sum of the steps' gradient norms (before clipping)
     stopped: str | None = None  # a final reason that no new limit undoes: solved, early stop
 
 
@@ -420,7 +421,8 @@ def fit(
                 _check_loss(shown, cursor, cfg, run)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                _check_finite("gradient norm", clip_gradients(model, cfg.clip), cursor, run)
+                grad_norm = clip_gradients(model, cfg.clip)
+                _check_finite("gradient norm", grad_norm, cursor, run)
                 optimizer.step()
                 dt = clock() - t0
                 cursor.step += 1
@@ -428,11 +430,12 @@ def fit(
                 cursor.elapsed += dt
                 cursor.seen += items * world
                 cursor.window_loss += shown
+                cursor.window_grad_norm += grad_norm
                 cursor.window_steps += 1
                 bar.update(f"{job.describe_loss(shown)} {items * world / dt:,.0f} {job.item}/s")
                 if cursor.step % cfg.log_every == 0:
                     log.write(**_train_row(cursor, optimizer, job))
-                    cursor.window_loss, cursor.window_steps = 0.0, 0
+                    cursor.window_loss, cursor.window_grad_norm, cursor.window_steps = 0.0, 0.0, 0
                 wanted = job.wants_evaluation()  # asked every step, even when one is due anyway
                 if wanted or _every(cursor.step, cfg.eval_every):
                     scores, best = evaluate(model, job, cursor, cfg, log, bar, best)
@@ -538,6 +541,7 @@ def _train_row(cursor: Cursor, optimizer: torch.optim.Optimizer, job: Job) -> di
         "step": cursor.step,
         "epoch": cursor.epoch,
         "loss": cursor.window_loss / cursor.window_steps,
+        "grad_norm": cursor.window_grad_norm / cursor.window_steps,  # before clipping
         "lr": optimizer.param_groups[0]["lr"],
         "seen": cursor.seen,
         "unit": job.unit,
@@ -683,9 +687,20 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 def clip_gradients(model: nn.Module, max_norm: float) -> float:
     """Clip the gradients' global norm to ``max_norm`` (0: no clipping); return the norm
-    before clipping (NaN or inf when a gradient is not finite)."""
-    limit = max_norm if max_norm > 0 else math.inf
-    return float(nn.utils.clip_grad_norm_(model.parameters(), limit))
+    before clipping: NaN or inf only when a gradient element is not finite.
+
+    The norm is taken in float32 and, should the sum of squares overflow there (finite
+    gradients of 10²⁰ and more, as an exploding RNN makes), again in float64.
+    """
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return 0.0
+    norm = nn.utils.get_total_norm(grads)
+    if torch.isinf(norm) and all(bool(torch.isfinite(g).all()) for g in grads):
+        norm = nn.utils.get_total_norm([g.double() for g in grads])
+    if max_norm > 0 and torch.isfinite(norm):  # the scaling of torch's clip_grad_norm_
+        torch._foreach_mul_(grads, torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+    return float(norm)
 
 
 class MetricsLog:

@@ -130,16 +130,16 @@ def _sigmoid_from_exp(z, m, one):
 
 @numba.njit(**JIT)
 def lstm_forward(
-    gx, w_hh, w_hr, peep, flags, perm, lengths, nlive, rev, packed, h, c, out, cs, work, z, si, sf
+    gx, w_hh, w_hr, peep, flags, perm, lengths, nlive, rev, packed, h, s, out, ss, work, z, si, sf
 ):
     """The forward time loop.
 
     gx (T, B, G·H): in, W_ih x + b_ih + b_hh; out, the gates' activations i, f, g, o.
     w_hh (G·H, P); w_hr (P, H), the projection (a dummy without one, P = H);
     peep (3, H) rows p_i, p_f, p_o (zeros where absent).  flags: those of
-    :func:`lstm_flags`, then ``store`` (0 in inference: gx and cs are left as scratch).
-    h (B, P), c (B, H): initial state in kernel order; on return, each sequence's final state.
-    out (T, B, P) zeros: h_t.  cs (T, B, H): s_t.  work (B, G·H), z (5, B·H): scratch.
+    :func:`lstm_flags`, then ``store`` (0 in inference: gx and ss are left as scratch).
+    h (B, P), s (B, H): initial state in kernel order; on return, each sequence's final state.
+    out (T, B, P) zeros: h_t.  ss (T, B, H): s_t.  work (B, G·H), z (5, B·H): scratch.
 
     Every inner loop touches few contiguous arrays, in the arrays' dtype, so LLVM
     vectorises it; a gate a variant lacks is a vector of ones, so the state update is one
@@ -148,7 +148,7 @@ def lstm_forward(
     has_i, own_f, coupled, has_o = flags[0], flags[1], flags[2], flags[3]
     act_in, act_out, G, proj, store = flags[4], flags[5], flags[10], flags[11], flags[12]
     T = gx.shape[0]
-    H = c.shape[1]
+    H = s.shape[1]
     P = h.shape[1]
     GH = G * H
     oi, of, og, oo = flags[6] * H, flags[7] * H, flags[8] * H, flags[9] * H
@@ -170,14 +170,14 @@ def lstm_forward(
             wr = work[j]
             for k in range(GH):
                 wr[k] += row[k]
-            cj = c[j]
+            sj = s[j]
             base = j * H
             if has_i:
                 for k in range(H):
-                    zi[base + k] = -(wr[oi + k] + pi[k] * cj[k])
+                    zi[base + k] = -(wr[oi + k] + pi[k] * sj[k])
             if own_f:
                 for k in range(H):
-                    zf[base + k] = -(wr[of + k] + pf[k] * cj[k])
+                    zf[base + k] = -(wr[of + k] + pf[k] * sj[k])
             if act_in == 1:
                 for k in range(H):
                     zg[base + k] = -wr[og + k]
@@ -203,16 +203,16 @@ def lstm_forward(
             vexp(zg, m)
             _sigmoid_from_exp(zg, m, one)
         for j in range(n):  # (F5) s_t = f ⊙ s_{t−1} + i ⊙ g
-            cj = c[j]
+            sj = s[j]
             base = j * H
             for k in range(H):
-                cj[k] = zf[base + k] * cj[k] + zi[base + k] * zg[base + k]
+                sj[k] = zf[base + k] * sj[k] + zi[base + k] * zg[base + k]
             for k in range(H):
-                zs[base + k] = cj[k]
+                zs[base + k] = sj[k]
             if has_o:
                 wr = work[j]
                 for k in range(H):
-                    zo[base + k] = -(wr[oo + k] + po[k] * cj[k])
+                    zo[base + k] = -(wr[oo + k] + po[k] * sj[k])
         if has_o:  # (F6) o = σ(a_o + p_o ⊙ s_t)
             vexp(zo, m)
             _sigmoid_from_exp(zo, m, one)
@@ -240,22 +240,22 @@ def lstm_forward(
                 copy(row, og, zg, base, H)
                 if has_o:
                     copy(row, oo, zo, base, H)
-                copy(cs[pos, b], 0, c[j], 0, H)
+                copy(ss[pos, b], 0, s[j], 0, H)
             copy(out[pos, b], 0, h[j], 0, P)
     restore_threads(old_threads)
 
 
 @numba.njit(**JIT)
 def lstm_backward(
-    gates, cs, out, h0, c0, w_hh, w_hr, peep, flags, perm, lengths, nlive, rev, packed,
-    dout, dh, dc, dA, hprev, dhs, ms, dpeep, dst, z, si, sf,
+    gates, ss, out, h0, s0, w_hh, w_hr, peep, flags, perm, lengths, nlive, rev, packed,
+    dout, dh, ds, dA, hprev, dhs, ms, dpeep, dst, z, si, sf,
 ):  # fmt: skip
     """The backward time loop: the δ recursions (B1)–(B9) of the module docstring.
 
-    gates, cs, out: saved by :func:`lstm_forward`; h0 (B, P), c0 (B, H) in batch order;
+    gates, ss, out: saved by :func:`lstm_forward`; h0 (B, P), s0 (B, H) in batch order;
     w_hr (P, H) the projection (a dummy without one, P = H).
-    dout (T, B, P): ∂L/∂h_t from above.  dh (B, P), dc (B, H): in, ∂L/∂(h_n, c_n) in kernel
-    order; out, ∂L/∂(h_0, c_0) in kernel order.  dA (T, B, G·H) zeros: ∂L/∂a, the gates'
+    dout (T, B, P): ∂L/∂h_t from above.  dh (B, P), ds (B, H): in, ∂L/∂(h_n, s_n) in kernel
+    order; out, ∂L/∂(h_0, s_0) in kernel order.  dA (T, B, G·H) zeros: ∂L/∂a, the gates'
     pre-activations.  hprev (T, B, P) zeros: h_{t−1} of each step.  With a projection,
     dhs (T, B, P) and ms (T, B, H) zeros: δh_t and m_t of each step, for δW_hr (P2); dummies
     without.  dpeep (3, H) zeros: the peepholes' gradients.  dst (B, G·H), z (12, B·H):
@@ -264,7 +264,7 @@ def lstm_backward(
     has_i, own_f, coupled, has_o = flags[0], flags[1], flags[2], flags[3]
     act_in, act_out, G, proj = flags[4], flags[5], flags[10], flags[11]
     T = gates.shape[0]
-    H = dc.shape[1]
+    H = ds.shape[1]
     P = dh.shape[1]
     GH = G * H
     oi, of, og, oo = flags[6] * H, flags[7] * H, flags[8] * H, flags[9] * H
@@ -275,7 +275,7 @@ def lstm_backward(
     dpi, dpf, dpo = dpeep[0], dpeep[1], dpeep[2]
     one = peep.dtype.type(1.0)
     dhf = dh.reshape(-1)
-    dcf = dc.reshape(-1)
+    dsf = ds.reshape(-1)
     dm = zdm if proj else dhf  # δm_t: through the projection (P1), else δh_t itself
     pk = prepare_pack(packed, N, nlive[0], P, GH, w_hh, P)
     pkr = prepare_pack(packed if proj else PLAIN, N, nlive[0], H, P, w_hr, H)
@@ -290,12 +290,12 @@ def lstm_backward(
             base = j * H
             row = gates[pos, b]
             if t == 0:
-                copy(zsp, base, c0[b], 0, H)
+                copy(zsp, base, s0[b], 0, H)
                 copy(hprev[pos, b], 0, h0[b], 0, P)
             else:
-                copy(zsp, base, cs[pp, b], 0, H)
+                copy(zsp, base, ss[pp, b], 0, H)
                 copy(hprev[pos, b], 0, out[pp, b], 0, P)
-            copy(zst, base, cs[pos, b], 0, H)
+            copy(zst, base, ss[pos, b], 0, H)
             if has_i:
                 copy(gi, base, row, oi, H)
             if own_f:
@@ -338,10 +338,10 @@ def lstm_backward(
             zdao[:m] = 0.0
         if act_out == 0:  # (B3) δs = δs_{t+1}-carry + δm ⊙ o ⊙ φ_out'(s_t) + δo ⊙ p_o
             for q in range(m):
-                zds[q] = dcf[q] + dm[q] * go[q] * (one - zphi[q] * zphi[q])
+                zds[q] = dsf[q] + dm[q] * go[q] * (one - zphi[q] * zphi[q])
         else:
             for q in range(m):
-                zds[q] = dcf[q] + dm[q] * go[q]
+                zds[q] = dsf[q] + dm[q] * go[q]
         for j in range(n):
             base = j * H
             for k in range(H):
@@ -362,10 +362,10 @@ def lstm_backward(
             zdaf[:m] = 0.0
         for j in range(n):  # (B7) δs_{t−1} = δs ⊙ f + δa_i ⊙ p_i + δa_f ⊙ p_f
             base = j * H
-            dcj = dc[j]
+            dsj = ds[j]
             for k in range(H):
                 q = base + k
-                dcj[k] = zds[q] * gf[q] + zdai[q] * pi[k] + zdaf[q] * pf[k]
+                dsj[k] = zds[q] * gf[q] + zdai[q] * pi[k] + zdaf[q] * pf[k]
             for k in range(H):  # (B8) peephole gradients
                 dpi[k] += zdai[base + k] * zsp[base + k]
                 dpf[k] += zdaf[base + k] * zsp[base + k]
@@ -405,20 +405,20 @@ class LSTMKernel:
 
     @staticmethod
     def forward(call, x, state, weights):
-        h0, c0 = state
+        h0, s0 = state
         w = weights
         T, B, _ = x.shape
         GH, P = w.w_hh.shape
-        H = c0.shape[1]
+        H = s0.shape[1]
         dtype = x.dtype
         order, bf16 = call.order, call.bf16
         x2 = x.reshape(T * B, -1)
         bias = w.b_ih if w.b_hh is None else (w.b_hh if w.b_ih is None else w.b_ih + w.b_hh)
         gx = input_products(x2, w.w_ih, bias, bf16).view(T, B, GH)  # all steps in one product
         h = order.sort(h0)
-        c = order.sort(c0)
+        s = order.sort(s0)
         out = order.buffer(T, B, P, dtype=dtype)
-        cs = torch.empty(T, B, H, dtype=dtype)  # read only at live steps
+        ss = torch.empty(T, B, H, dtype=dtype)  # read only at live steps
         work = torch.empty(B, GH, dtype=dtype)
         z = torch.empty(5, B * H, dtype=dtype)
         si, sf = scratch(dtype)
@@ -435,29 +435,29 @@ class LSTMKernel:
             int(call.reverse),
             order.packed(dtype, bf16),
             np_(h),
-            np_(c),
+            np_(s),
             np_(out),
-            np_(cs),
+            np_(ss),
             np_(work),
             np_(z),
             si,
             sf,
         )
-        return out, (order.unsort(h), order.unsort(c)), (gx, cs)
+        return out, (order.unsort(h), order.unsort(s)), (gx, ss)
 
     @staticmethod
     def backward(call, x, state, weights, out, final, saved, dout, dfinal, needs):
-        h0, c0 = state
+        h0, s0 = state
         w = weights
-        gates, cs = saved
+        gates, ss = saved
         order = call.order
         T, B, _ = x.shape
         GH, P = w.w_hh.shape
-        H = c0.shape[1]
+        H = s0.shape[1]
         proj = w.w_hr is not None
         dtype = x.dtype
         dh = order.sort(dfinal[0])
-        dc = order.sort(dfinal[1])
+        ds = order.sort(dfinal[1])
         dA = order.buffer(T, B, GH, dtype=dtype)
         hprev = order.buffer(T, B, P, dtype=dtype)
         dhs = order.buffer(T, B, P, dtype=dtype) if proj else torch.empty(1, 1, 1, dtype=dtype)
@@ -469,10 +469,10 @@ class LSTMKernel:
         perm, lens, nlive = order.arrays()
         lstm_backward(
             np_(gates),
-            np_(cs),
+            np_(ss),
             np_(out),
             np_(h0),
-            np_(c0),
+            np_(s0),
             np_(w.w_hh),
             np_(_projection(w.w_hr, dtype)),
             np_(_peepholes(w.peep, H, dtype)),
@@ -484,7 +484,7 @@ class LSTMKernel:
             order.packed(dtype, call.bf16),
             np_(dout),
             np_(dh),
-            np_(dc),
+            np_(ds),
             np_(dA),
             np_(hprev),
             np_(dhs),
@@ -511,7 +511,7 @@ class LSTMKernel:
             dpeeps,
             dw_hr,
         )
-        return dx, (order.unsort(dh), order.unsort(dc)), grads
+        return dx, (order.unsort(dh), order.unsort(ds)), grads
 
 
 _PEEP_ROW = {"ci": 0, "cf": 1, "co": 2}
