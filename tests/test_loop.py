@@ -133,6 +133,24 @@ def test_the_cosine_schedule_is_torchs_cosine_annealing_stepped_per_epoch(tmp_pa
         ToyConfig(lr_schedule="linear").validate()
 
 
+def test_warm_up_raises_the_learning_rate_linearly_then_the_schedule_takes_over(tmp_path):
+    cfg = ToyConfig(lr=0.1, lr_decay=0.5, warmup_steps=6, epochs=3, log_every=1)
+    _fit(tmp_path, cfg)
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
+    expected = [0.1 * k / 6 for k in range(1, 5)] + [0.05 * 5 / 6, 0.05] + [0.05] * 2 + [0.025] * 4
+    assert [r["lr"] for r in rows] == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match="warmup_steps must be at least 0"):
+        ToyConfig(warmup_steps=-1).validate()
+
+
+def test_the_plateau_schedule_decays_after_each_evaluation_that_is_not_the_best(tmp_path):
+    cfg = ToyConfig(lr=0.1, lr_schedule="plateau", lr_decay=0.5, epochs=5, log_every=4)
+    _fit(tmp_path, cfg, job=ToyJob(cfg, scripted=[3.0, 2.0, 2.5, 1.0, 4.0]))
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
+    # epoch 3 follows the worse 2.5; epoch 4's 1.0 is a new best, so epoch 5 keeps 0.05
+    assert [r["lr"] for r in rows] == [0.1, 0.1, 0.1, 0.05, 0.05]
+
+
 def test_early_stopping_and_the_best_model(tmp_path):
     cfg = ToyConfig(lr=0.1, epochs=10, patience=2)
 

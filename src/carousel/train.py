@@ -77,9 +77,10 @@ class TrainSettings:
 
     optimizer: str = "adam"  # "sgd" or "adam" (torch.optim)
     lr: float = 1e-3
-    lr_schedule: str = "step"  # "step": lr_decay as below; "cosine": half a cosine to 0
-    lr_decay: float = 1.0  # multiply the learning rate by this after each epoch ...
-    decay_after: int = 0  # ... once this many epochs are done
+    lr_schedule: str = "step"  # "step", "cosine" or "plateau": see lr_at
+    lr_decay: float = 1.0  # step: × this after each epoch (plateau: after each bad evaluation)
+    decay_after: int = 0  # step: ... once this many epochs are done
+    warmup_steps: int = 0  # the learning rate rises linearly over this many first steps
     weight_decay: float = 0.0
     clip: float = 5.0  # gradient-norm clipping; 0 turns it off
     epochs: int = 1
@@ -112,12 +113,16 @@ class TrainSettings:
     def validate(self) -> None:
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer must be 'sgd' or 'adam'; got {self.optimizer!r}")
-        if self.lr_schedule not in ("step", "cosine"):
-            raise ValueError(f"lr_schedule must be 'step' or 'cosine'; got {self.lr_schedule!r}")
+        if self.lr_schedule not in ("step", "cosine", "plateau"):
+            raise ValueError(
+                f"lr_schedule must be 'step', 'cosine' or 'plateau'; got {self.lr_schedule!r}"
+            )
         if self.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"device must be cpu, cuda or auto; got {self.device!r}")
         check_at_least(self, 1, "epochs", "log_every", "max_steps", "threads")
-        check_at_least(self, 0, "eval_every", "checkpoint_every", "decay_after", "patience")
+        check_at_least(
+            self, 0, "eval_every", "checkpoint_every", "decay_after", "patience", "warmup_steps"
+        )
         if self.lr <= 0 or self.lr_decay <= 0 or self.clip < 0 or self.weight_decay < 0:
             raise ValueError("lr and lr_decay must be positive, clip and weight_decay not negative")
         if self.max_minutes is not None and self.max_minutes <= 0:
@@ -125,14 +130,25 @@ class TrainSettings:
         if self.max_loss_factor < 0:
             raise ValueError(f"max_loss_factor must be ≥ 0; got {self.max_loss_factor}")
 
-    def lr_at(self, epoch: int) -> float:
-        """The learning rate of epoch ``epoch`` (0-based).  ``"step"``: ``lr`` for the first
-        ``decay_after`` epochs (at least one), then multiplied by ``lr_decay`` once per epoch;
-        ``"cosine"``: ``lr · (1 + cos(π · epoch / epochs)) / 2``, torch's CosineAnnealingLR
-        stepped once an epoch."""
+    def lr_at(self, epoch: int, step: int = 0, bad_evaluations: int = 0) -> float:
+        """The learning rate of step ``step`` (0-based, counted over the run) in epoch
+        ``epoch`` (0-based).  ``"step"``: ``lr`` for the first ``decay_after`` epochs (at
+        least one), then multiplied by ``lr_decay`` once per epoch; ``"cosine"``:
+        ``lr · (1 + cos(π · epoch / epochs)) / 2``, torch's CosineAnnealingLR stepped once an
+        epoch; ``"plateau"``: ``lr · lr_decay ** bad_evaluations``, multiplied by ``lr_decay``
+        after each evaluation that did not beat the best one (torch's ReduceLROnPlateau
+        with patience 0; the evaluation a Ctrl-C makes counts, as it does for ``patience``).
+        Over the first ``warmup_steps`` steps every schedule is scaled
+        by (step + 1) / warmup_steps."""
         if self.lr_schedule == "cosine":
-            return self.lr * (1 + math.cos(math.pi * min(epoch, self.epochs) / self.epochs)) / 2
-        return self.lr * self.lr_decay ** max(0, epoch + 1 - max(self.decay_after, 1))
+            lr = self.lr * (1 + math.cos(math.pi * min(epoch, self.epochs) / self.epochs)) / 2
+        elif self.lr_schedule == "plateau":
+            lr = self.lr * self.lr_decay**bad_evaluations
+        else:
+            lr = self.lr * self.lr_decay ** max(0, epoch + 1 - max(self.decay_after, 1))
+        if step < self.warmup_steps:
+            lr *= (step + 1) / self.warmup_steps
+        return lr
 
 
 # ---------------------------------------------------------------------------- the job
@@ -206,6 +222,7 @@ class Cursor:
     best: float | None = None  # the best score of job.metric so far
     best_step: int = -1
     stale: int = 0  # evaluations since the best one (early stopping)
+    bad_evaluations: int = 0  # evaluations that did not beat the best (plateau schedule)
     evaluated: int = -1  # the step of the last evaluation (a resumed run does not repeat it)
     first_loss: float | None = None  # the run's first training loss (divergence test)
     window_loss: float = 0.0  # sum of step losses since the last training row
@@ -404,13 +421,13 @@ def fit(
             reason = _limit_reached(cursor, cfg, epoch_start=True)
             if reason is not None:
                 break
-            set_lr(optimizer, cfg.lr_at(cursor.epoch))
             batches = job.batches(cursor.epoch, cursor.batch)
             while reason is None:
                 reason = _limit_reached(cursor, cfg)
                 batch = next(batches, None) if reason is None else None
                 if batch is None:
                     break
+                set_lr(optimizer, cfg.lr_at(cursor.epoch, cursor.step, cursor.bad_evaluations))
                 t0 = clock()
                 loss, items = job.loss(net, batch)
                 # one all-reduce: the mean loss, and whether any process was asked to stop
@@ -590,6 +607,7 @@ def evaluate(
             best = {k: v.detach().clone() for k, v in model.state_dict().items()}
     else:
         cursor.stale += 1
+        cursor.bad_evaluations += 1
     if ddp.rank() == 0:
         bar.write(f"step {cursor.step} epoch {cursor.epoch + 1}: {job.describe(scores)}")
     cursor.stopped = job.finished(scores)
