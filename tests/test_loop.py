@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import json
 import math
 import os
 import subprocess
@@ -24,6 +25,7 @@ from carousel.train import (
     TrainSettings,
     clip_gradients,
     fit,
+    make_optimizer,
     open_run,
     read_metrics,
     setup,
@@ -241,6 +243,39 @@ def test_resume_refuses_a_changed_setting(tmp_path):
     _fit(tmp_path, ToyConfig(epochs=1))
     with pytest.raises(ValueError, match=r"cannot resume .* with lr=0.5"):
         _fit(tmp_path, None, resume=True, overrides={"lr": 0.5})
+
+
+def test_rmsprop_with_momentum_is_torchs_and_resumes_exactly(tmp_path):
+    cfg = ToyConfig(optimizer="rmsprop", lr=0.01, momentum=0.9, rmsprop_alpha=0.95, epochs=4)
+    params = [nn.Parameter(torch.ones(3))]
+    opt = make_optimizer(params, cfg.optimizer, cfg.lr, momentum=0.9, alpha=0.95)
+    assert isinstance(opt, torch.optim.RMSprop)
+    assert (opt.defaults["momentum"], opt.defaults["alpha"]) == (0.9, 0.95)
+    straight, _ = _fit(tmp_path / "a", cfg)
+    _fit(tmp_path / "b", dataclasses.replace(cfg, max_steps=6))  # stops mid-epoch 2 of 4
+    _, meta = load_checkpoint(tmp_path / "b" / "run")
+    saved = json.dumps(meta["optimizer"])  # RMSProp's state and settings are checkpointed
+    assert all(k in saved for k in ('"momentum_buffer"', '"square_avg"', '["alpha", 0.95]'))
+    resumed, out = _fit(tmp_path / "b", None, resume=True, overrides={"max_steps": None})
+    assert out["step"] == 16 and torch.equal(resumed.weight, straight.weight)
+    assert torch.equal(resumed.bias, straight.bias)
+    # momentum changes the run: without it the weights differ
+    plain, _ = _fit(tmp_path / "c", dataclasses.replace(cfg, momentum=0.0))
+    assert not torch.equal(plain.weight, straight.weight)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"optimizer": "adagrad"}, "optimizer must be one of sgd, adam, rmsprop; got 'adagrad'"),
+        ({"optimizer": "rmsprop", "momentum": 1.0}, r"momentum must be in \[0, 1\); got 1.0"),
+        ({"optimizer": "adam", "momentum": 0.9}, "momentum is for sgd and rmsprop, not adam"),
+        ({"optimizer": "rmsprop", "rmsprop_alpha": 0.0}, r"rmsprop_alpha must be in \(0, 1\)"),
+    ],
+)
+def test_optimizer_settings_are_checked(bad, message):
+    with pytest.raises(ValueError, match=message):
+        ToyConfig(**bad).validate()
 
 
 def test_a_run_folder_in_use_is_refused(tmp_path):

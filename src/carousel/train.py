@@ -70,13 +70,18 @@ class RunInUse(ValueError):
 
 
 # ---------------------------------------------------------------------------- settings
+OPTIMIZERS = ("sgd", "adam", "rmsprop")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainSettings:
     """The settings the loop reads; every job's config subclasses this (and may change the
     defaults).  Any field is a ``--field-name`` option of ``carousel train JOB``."""
 
-    optimizer: str = "adam"  # "sgd" or "adam" (torch.optim)
+    optimizer: str = "adam"  # "sgd", "adam" or "rmsprop" (torch.optim)
     lr: float = 1e-3
+    momentum: float = 0.0  # SGD's and RMSProp's momentum (Adam has its betas)
+    rmsprop_alpha: float = 0.99  # RMSProp's smoothing of the squared gradient (torch's alpha)
     lr_schedule: str = "step"  # "step", "cosine" or "plateau": see lr_at
     lr_decay: float = 1.0  # step: × this after each epoch (plateau: after each bad evaluation)
     decay_after: int = 0  # step: ... once this many epochs are done
@@ -111,8 +116,16 @@ class TrainSettings:
     ARCHITECTURE: ClassVar[tuple[str, ...]] = ()
 
     def validate(self) -> None:
-        if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam'; got {self.optimizer!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}"
+            )
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1); got {self.momentum}")
+        if self.momentum and self.optimizer == "adam":
+            raise ValueError(f"momentum is for sgd and rmsprop, not adam; got {self.momentum}")
+        if not 0 < self.rmsprop_alpha < 1:
+            raise ValueError(f"rmsprop_alpha must be in (0, 1); got {self.rmsprop_alpha}")
         if self.lr_schedule not in ("step", "cosine", "plateau"):
             raise ValueError(
                 f"lr_schedule must be 'step', 'cosine' or 'plateau'; got {self.lr_schedule!r}"
@@ -387,7 +400,14 @@ def fit(
     main = rank == 0
     if world > 1 and not job.shards:
         raise ValueError(f"the {job.kind} job does not support data-parallel training")
-    optimizer = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay)
+    optimizer = make_optimizer(
+        model.parameters(),
+        cfg.optimizer,
+        cfg.lr,
+        cfg.weight_decay,
+        momentum=cfg.momentum,
+        alpha=cfg.rmsprop_alpha,
+    )
     cursor, best = Cursor(), None
     if run.resuming:
         cursor, best = restore(run, model, optimizer, job, rank, device)
@@ -688,14 +708,25 @@ def _python_rng_json() -> list:
 
 # ---------------------------------------------------------------------------- the parts
 def make_optimizer(
-    params: Iterator[nn.Parameter], name: str, lr: float, weight_decay: float = 0.0
+    params: Iterator[nn.Parameter],
+    name: str,
+    lr: float,
+    weight_decay: float = 0.0,
+    *,
+    momentum: float = 0.0,
+    alpha: float = 0.99,
 ) -> torch.optim.Optimizer:
-    """torch.optim's plain SGD (Zaremba et al.'s recipe) or Adam."""
+    """torch.optim's SGD (plain: Zaremba et al.'s recipe; or with momentum), Adam, or RMSProp
+    (``alpha`` smooths the squared gradient; Graves et al.'s NTM: momentum 0.9, lr 1e-4)."""
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"optimizer must be 'sgd' or 'adam'; got {name!r}")
+    if name == "rmsprop":
+        return torch.optim.RMSprop(
+            params, lr=lr, alpha=alpha, weight_decay=weight_decay, momentum=momentum
+        )
+    raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {name!r}")
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
