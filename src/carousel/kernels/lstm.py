@@ -158,7 +158,7 @@ def _sigmoid_from_exp(z, m, one):
 
 @numba.njit(**JIT)
 def lstm_forward(
-    gx, w_hh, w_hr, peep, flags, perm, lengths, nlive, rev, packed, h, c, out, cs, work, z, si, sf,
+    gx, w_hh, w_hr, peep, flags, perm, lengths, nlive, rev, packed, h, s, out, ss, work, z, si, sf,
     mflags, zsm, zhm, rdm, udm, hm,
 ):  # fmt: skip
     """The forward time loop.
@@ -166,9 +166,9 @@ def lstm_forward(
     gx (T, B, G·H): in, W_ih x + b_ih + b_hh; out, the gates' activations i, f, g, o.
     w_hh (G·H, P); w_hr (P, H), the projection (a dummy without one, P = H);
     peep (3, H) rows p_i, p_f, p_o (zeros where absent).  flags: those of
-    :func:`lstm_flags`, then ``store`` (0 in inference: gx and cs are left as scratch).
-    h (B, P), c (B, H): initial state in kernel order; on return, each sequence's final state.
-    out (T, B, P) zeros: h_t.  cs (T, B, H): s_t.  work (B, G·H), z (5, B·H): scratch.
+    :func:`lstm_flags`, then ``store`` (0 in inference: gx and ss are left as scratch).
+    h (B, P), s (B, H): initial state in kernel order; on return, each sequence's final state.
+    out (T, B, P) zeros: h_t.  ss (T, B, H): s_t.  work (B, G·H), z (5, B·H): scratch.
     mflags (4,): which masks are present — zoneout on s, zoneout on h, recurrent dropout,
     update dropout — and zsm (T, B, H), zhm (T, B, P), rdm (B, P), udm (T, B, H) the masks
     (:mod:`carousel.cells.masks`; dummies where absent), indexed by the sequence's own
@@ -181,7 +181,7 @@ def lstm_forward(
     has_i, own_f, coupled, has_o = flags[0], flags[1], flags[2], flags[3]
     act_in, act_out, G, proj, store = flags[4], flags[5], flags[10], flags[11], flags[12]
     T = gx.shape[0]
-    H = c.shape[1]
+    H = s.shape[1]
     P = h.shape[1]
     GH = G * H
     oi, of, og, oo = flags[6] * H, flags[7] * H, flags[8] * H, flags[9] * H
@@ -213,14 +213,14 @@ def lstm_forward(
             wr = work[j]
             for k in range(GH):
                 wr[k] += row[k]
-            cj = c[j]
+            sj = s[j]
             base = j * H
             if has_i:
                 for k in range(H):
-                    zi[base + k] = -(wr[oi + k] + pi[k] * cj[k])
+                    zi[base + k] = -(wr[oi + k] + pi[k] * sj[k])
             if own_f:
                 for k in range(H):
-                    zf[base + k] = -(wr[of + k] + pf[k] * cj[k])
+                    zf[base + k] = -(wr[of + k] + pf[k] * sj[k])
             if act_in == 1:
                 for k in range(H):
                     zg[base + k] = -wr[og + k]
@@ -246,24 +246,24 @@ def lstm_forward(
             vexp(zg, m)
             _sigmoid_from_exp(zg, m, one)
         for j in range(n):  # (F5) s̃_t = f ⊙ s_{t−1} + i ⊙ g  ((U1): i ⊙ (u ⊙ g))
-            cj = c[j]
+            sj = s[j]
             base = j * H
             b = perm[j]
             pos = t if rev == 0 else lengths[b] - 1 - t
             if upd_d:
                 ur = udm[pos, b]
                 for k in range(H):
-                    zs[base + k] = zf[base + k] * cj[k] + zi[base + k] * (zg[base + k] * ur[k])
+                    zs[base + k] = zf[base + k] * sj[k] + zi[base + k] * (zg[base + k] * ur[k])
             else:
                 for k in range(H):
-                    zs[base + k] = zf[base + k] * cj[k] + zi[base + k] * zg[base + k]
+                    zs[base + k] = zf[base + k] * sj[k] + zi[base + k] * zg[base + k]
             if zon_s:  # (Z1) s_t = d^s ⊙ s_{t−1} + (1 − d^s) ⊙ s̃_t
                 dr = zsm[pos, b]
                 for k in range(H):
-                    cj[k] = dr[k] * cj[k] + (one - dr[k]) * zs[base + k]
+                    sj[k] = dr[k] * sj[k] + (one - dr[k]) * zs[base + k]
             else:
                 for k in range(H):
-                    cj[k] = zs[base + k]
+                    sj[k] = zs[base + k]
             if has_o:  # the output gate's peephole reads s̃_t
                 wr = work[j]
                 for k in range(H):
@@ -311,23 +311,23 @@ def lstm_forward(
                 copy(row, og, zg, base, H)
                 if has_o:
                     copy(row, oo, zo, base, H)
-                copy(cs[pos, b], 0, c[j], 0, H)
+                copy(ss[pos, b], 0, s[j], 0, H)
             copy(out[pos, b], 0, h[j], 0, P)
     restore_threads(old_threads)
 
 
 @numba.njit(**JIT)
 def lstm_backward(
-    gates, cs, out, h0, c0, w_hh, w_hr, peep, flags, perm, lengths, nlive, rev, packed,
-    dout, dh, dc, dA, hprev, dhs, ms, dpeep, dst, z, si, sf,
+    gates, ss, out, h0, s0, w_hh, w_hr, peep, flags, perm, lengths, nlive, rev, packed,
+    dout, dh, ds, dA, hprev, dhs, ms, dpeep, dst, z, si, sf,
     mflags, zsm, zhm, rdm, udm, zm, zp,
 ):  # fmt: skip
     """The backward time loop: the δ recursions (B1)–(B9) of the module docstring.
 
-    gates, cs, out: saved by :func:`lstm_forward`; h0 (B, P), c0 (B, H) in batch order;
+    gates, ss, out: saved by :func:`lstm_forward`; h0 (B, P), s0 (B, H) in batch order;
     w_hr (P, H) the projection (a dummy without one, P = H).
-    dout (T, B, P): ∂L/∂h_t from above.  dh (B, P), dc (B, H): in, ∂L/∂(h_n, c_n) in kernel
-    order; out, ∂L/∂(h_0, c_0) in kernel order.  dA (T, B, G·H) zeros: ∂L/∂a, the gates'
+    dout (T, B, P): ∂L/∂h_t from above.  dh (B, P), ds (B, H): in, ∂L/∂(h_n, s_n) in kernel
+    order; out, ∂L/∂(h_0, s_0) in kernel order.  dA (T, B, G·H) zeros: ∂L/∂a, the gates'
     pre-activations.  hprev (T, B, P) zeros: h_{t−1} of each step.  With a projection,
     dhs (T, B, P) and ms (T, B, H) zeros: δh_t and m_t of each step, for δW_hr (P2); dummies
     without.  dpeep (3, H) zeros: the peepholes' gradients.  dst (B, G·H), z (12, B·H):
@@ -337,7 +337,7 @@ def lstm_backward(
     has_i, own_f, coupled, has_o = flags[0], flags[1], flags[2], flags[3]
     act_in, act_out, G, proj = flags[4], flags[5], flags[10], flags[11]
     T = gates.shape[0]
-    H = dc.shape[1]
+    H = ds.shape[1]
     P = dh.shape[1]
     GH = G * H
     oi, of, og, oo = flags[6] * H, flags[7] * H, flags[8] * H, flags[9] * H
@@ -348,7 +348,7 @@ def lstm_backward(
     dpi, dpf, dpo = dpeep[0], dpeep[1], dpeep[2]
     one = peep.dtype.type(1.0)
     dhf = dh.reshape(-1)
-    dcf = dc.reshape(-1)
+    dsf = ds.reshape(-1)
     dm = zdm if proj else dhf  # δm_t: through the projection (P1), else δh_t itself
     zon_s, zon_h, rec_d, upd_d = mflags[0], mflags[1], mflags[2], mflags[3]
     zu, zd, zsc, gu = zm[0], zm[1], zm[2], zm[3]  # u, d^s, d^s ⊙ δs_t^carry, u ⊙ g
@@ -368,17 +368,17 @@ def lstm_backward(
             base = j * H
             row = gates[pos, b]
             if t == 0:
-                copy(zsp, base, c0[b], 0, H)
+                copy(zsp, base, s0[b], 0, H)
                 copy(hprev[pos, b], 0, h0[b], 0, P)
             else:
-                copy(zsp, base, cs[pp, b], 0, H)
+                copy(zsp, base, ss[pp, b], 0, H)
                 copy(hprev[pos, b], 0, out[pp, b], 0, P)
             if rec_d:  # (R1): the product read m ⊙ h_{t−1}, and so does δW_hh
                 hp = hprev[pos, b]
                 mr = rdm[b]
                 for k in range(P):
                     hp[k] = mr[k] * hp[k]
-            copy(zst, base, cs[pos, b], 0, H)
+            copy(zst, base, ss[pos, b], 0, H)
             if has_i:
                 copy(gi, base, row, oi, H)
             if own_f:
@@ -416,7 +416,7 @@ def lstm_backward(
         if upd_d:  # (UB1) u ⊙ g, the update that entered s̃_t
             for q in range(m):
                 gu[q] = gg[q] * zu[q]
-        if zon_s:  # (ZB2) s̃_t = f ⊙ s_{t−1} + i ⊙ (u ⊙ g), recomputed (cs holds s_t)
+        if zon_s:  # (ZB2) s̃_t = f ⊙ s_{t−1} + i ⊙ (u ⊙ g), recomputed (ss holds s_t)
             for q in range(m):
                 zst[q] = gf[q] * zsp[q] + gi[q] * gu[q]
         copy(zphi, 0, zst, 0, m)
@@ -437,14 +437,14 @@ def lstm_backward(
             zdao[:m] = 0.0
         if zon_s:  # (ZB3) δs_t^carry splits: (1 − d^s) ⊙ it to s̃_t, d^s ⊙ it to s_{t−1}
             for q in range(m):
-                zsc[q] = zd[q] * dcf[q]
-                dcf[q] = (one - zd[q]) * dcf[q]
+                zsc[q] = zd[q] * dsf[q]
+                dsf[q] = (one - zd[q]) * dsf[q]
         if act_out == 0:  # (B3) δs = δs_{t+1}-carry + δm ⊙ o ⊙ φ_out'(s_t) + δo ⊙ p_o
             for q in range(m):
-                zds[q] = dcf[q] + dm[q] * go[q] * (one - zphi[q] * zphi[q])
+                zds[q] = dsf[q] + dm[q] * go[q] * (one - zphi[q] * zphi[q])
         else:
             for q in range(m):
-                zds[q] = dcf[q] + dm[q] * go[q]
+                zds[q] = dsf[q] + dm[q] * go[q]
         for j in range(n):
             base = j * H
             for k in range(H):
@@ -465,13 +465,13 @@ def lstm_backward(
             zdaf[:m] = 0.0
         for j in range(n):  # (B7) δs_{t−1} = δs ⊙ f + δa_i ⊙ p_i + δa_f ⊙ p_f
             base = j * H
-            dcj = dc[j]
+            dsj = ds[j]
             for k in range(H):
                 q = base + k
-                dcj[k] = zds[q] * gf[q] + zdai[q] * pi[k] + zdaf[q] * pf[k]
+                dsj[k] = zds[q] * gf[q] + zdai[q] * pi[k] + zdaf[q] * pf[k]
             if zon_s:  # (ZB3) the zoned-out share of δs_t reaches s_{t−1} directly
                 for k in range(H):
-                    dcj[k] += zsc[base + k]
+                    dsj[k] += zsc[base + k]
             for k in range(H):  # (B8) peephole gradients
                 dpi[k] += zdai[base + k] * zsp[base + k]
                 dpf[k] += zdaf[base + k] * zsp[base + k]
@@ -532,20 +532,20 @@ class LSTMKernel:
 
     @staticmethod
     def forward(call, x, state, weights):
-        h0, c0 = state
+        h0, s0 = state
         w = weights
         T, B, _ = x.shape
         GH, P = w.w_hh.shape
-        H = c0.shape[1]
+        H = s0.shape[1]
         dtype = x.dtype
         order, bf16 = call.order, call.bf16
         x2 = x.reshape(T * B, -1)
         bias = w.b_ih if w.b_hh is None else (w.b_hh if w.b_ih is None else w.b_ih + w.b_hh)
         gx = input_products(x2, w.w_ih, bias, bf16).view(T, B, GH)  # all steps in one product
         h = order.sort(h0)
-        c = order.sort(c0)
+        s = order.sort(s0)
         out = order.buffer(T, B, P, dtype=dtype)
-        cs = torch.empty(T, B, H, dtype=dtype)  # read only at live steps
+        ss = torch.empty(T, B, H, dtype=dtype)  # read only at live steps
         work = torch.empty(B, GH, dtype=dtype)
         z = torch.empty(5, B * H, dtype=dtype)
         si, sf = scratch(dtype)
@@ -564,9 +564,9 @@ class LSTMKernel:
             int(call.reverse),
             order.packed(dtype, bf16),
             np_(h),
-            np_(c),
+            np_(s),
             np_(out),
-            np_(cs),
+            np_(ss),
             np_(work),
             np_(z),
             si,
@@ -578,21 +578,21 @@ class LSTMKernel:
             udm,
             np_(hm),
         )
-        return out, (order.unsort(h), order.unsort(c)), (gx, cs)
+        return out, (order.unsort(h), order.unsort(s)), (gx, ss)
 
     @staticmethod
     def backward(call, x, state, weights, out, final, saved, dout, dfinal, needs):
-        h0, c0 = state
+        h0, s0 = state
         w = weights
-        gates, cs = saved
+        gates, ss = saved
         order = call.order
         T, B, _ = x.shape
         GH, P = w.w_hh.shape
-        H = c0.shape[1]
+        H = s0.shape[1]
         proj = w.w_hr is not None
         dtype = x.dtype
         dh = order.sort(dfinal[0])
-        dc = order.sort(dfinal[1])
+        ds = order.sort(dfinal[1])
         dA = order.buffer(T, B, GH, dtype=dtype)
         hprev = order.buffer(T, B, P, dtype=dtype)
         dhs = order.buffer(T, B, P, dtype=dtype) if proj else torch.empty(1, 1, 1, dtype=dtype)
@@ -607,10 +607,10 @@ class LSTMKernel:
         zp = torch.empty(2, B * P if mflags[1] else 1, dtype=dtype)
         lstm_backward(
             np_(gates),
-            np_(cs),
+            np_(ss),
             np_(out),
             np_(h0),
-            np_(c0),
+            np_(s0),
             np_(w.w_hh),
             np_(_projection(w.w_hr, dtype)),
             np_(_peepholes(w.peep, H, dtype)),
@@ -622,7 +622,7 @@ class LSTMKernel:
             order.packed(dtype, call.bf16),
             np_(dout),
             np_(dh),
-            np_(dc),
+            np_(ds),
             np_(dA),
             np_(hprev),
             np_(dhs),
@@ -656,7 +656,7 @@ class LSTMKernel:
             dpeeps,
             dw_hr,
         )
-        return dx, (order.unsort(dh), order.unsort(dc)), grads
+        return dx, (order.unsort(dh), order.unsort(ds)), grads
 
 
 _PEEP_ROW = {"ci": 0, "cf": 1, "co": 2}
