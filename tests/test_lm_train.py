@@ -433,3 +433,25 @@ def test_resuming_a_finished_run_changes_no_file(tmp_path, capsys, trained):
     assert code == 0 and "finished (max_steps at step 3); nothing to do" in out
     assert "curves:" not in out
     assert files() == before
+
+
+def test_embedding_dropout_drops_every_occurrence_of_a_word_and_only_in_training():
+    from carousel.lm.config import LMConfig
+    from carousel.lm.model import RNNLM
+
+    torch.manual_seed(0)
+    model = RNNLM(50, LMConfig(hidden_size=8, num_layers=1, embed_dropout=0.5))
+    ids = torch.randint(0, 50, (30, 4))
+    x = model.embed(ids)  # (T, B, E)
+    w = model.embedding.weight
+    dropped = (x == 0).all(-1)
+    assert 0 < dropped.float().mean() < 1
+    for word in ids.unique():
+        at = ids == word
+        assert dropped[at].all() or not dropped[at].any()  # one decision per word
+    kept = ~dropped
+    torch.testing.assert_close(x[kept], 2 * w[ids[kept]])  # scaled by 1 / (1 − p)
+    model.eval()
+    torch.testing.assert_close(model.embed(ids), w[ids])
+    with pytest.raises(ValueError, match=r"embed_dropout must be in \[0, 1\); got 1"):
+        LMConfig(embed_dropout=1).validate()

@@ -42,6 +42,7 @@ class LMConfig(TrainSettings):
     hidden_size: int = 200
     num_layers: int = 2
     dropout: float = 0.0  # on non-recurrent connections (Zaremba et al.)
+    embed_dropout: float = 0.0  # drops whole words' embeddings (Gal & Ghahramani; AWD-LSTM)
     tie_weights: bool = False  # output layer shares the embedding (needs embed = hidden)
     # optimisation (the loop's fields, with the language model's defaults)
     optimizer: str = "sgd"
@@ -74,8 +75,9 @@ class LMConfig(TrainSettings):
             "embed_size",
         )
         check_at_least(self, 2, "valid_tokens")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
+        for name in ("dropout", "embed_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1); got {getattr(self, name)}")
         if self.tie_weights and self.embed_size not in (None, self.hidden_size):
             raise ValueError(
                 f"tie_weights needs embed_size = hidden_size = {self.hidden_size}; "
