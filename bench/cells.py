@@ -226,16 +226,16 @@ def load() -> str:
     return "{:.2f}, {:.2f}, {:.2f}".format(*os.getloadavg())
 
 
-def write_section(path: str, text: str, append: bool = False) -> None:
-    """Replace the ``## Cells`` section of ``path`` with ``text`` (or, with ``append``, add
-    ``text`` without its heading at the section's end); temp file + rename."""
+def write_section(path: str, text: str, append: bool = False, section: str = SECTION) -> None:
+    """Replace the ``section`` (``## Cells``) of ``path`` with ``text`` (or, with ``append``,
+    add ``text`` without its heading at the section's end); temp file + rename."""
     try:
         with open(path, encoding="utf-8") as f:
             old = f.read()
     except FileNotFoundError:
         old = "# Benchmarks\n"
     lines = old.splitlines(keepends=True)
-    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == SECTION), None)
+    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == section), None)
     if start is None:
         new = old.rstrip("\n") + "\n\n" + text
     else:

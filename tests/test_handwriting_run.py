@@ -234,7 +234,7 @@ def test_ctrl_c_saves_evaluates_and_resumes_the_same_way(tmp_path, straight, tas
     if not extra:
         _compare(straight[task], run)
     elif best == load_checkpoint(straight[task])[1]["cursor"]["best_step"]:
-        _compare(straight[task], run, ("stale",))  # evaluations since the best one
+        _compare(straight[task], run, ("stale", "bad_evaluations"))  # the extra evaluation
     else:
         assert best == stop_at + 1
-        _compare(straight[task], run, ("stale", "best", "best_step"), ("best.",))
+        _compare(straight[task], run, ("stale", "bad_evaluations", "best", "best_step"), ("best.",))

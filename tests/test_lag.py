@@ -172,7 +172,7 @@ def test_gradflow_writes_pngs(tmp_path, capsys):
         "SGD, clip 1",
         "SGD, no clipping",
     }
-    assert all(len(losses) == 3 for losses, _ in res["clip"].values())
+    assert all(len(trace.losses) == len(trace.norms) == 3 for trace in res["clip"].values())
     out = capsys.readouterr().out
     assert "rnn ρ=0.9: at distances" in out and "trained with SGD, no clipping" in out
 

@@ -115,7 +115,7 @@ def test_ctrl_c_saves_and_resumes_the_same_way(tmp_path, straight):
     assert _rows(run)[-1] == {**_rows(run)[-1], "kind": "valid", "step": at}  # tested, saved
     second = _carousel(["lag", "--resume", run])
     assert second.returncode == 0, second.stderr
-    _same_training(straight, run, "best", "best_step", "stale")  # one test more
+    _same_training(straight, run, "best", "best_step", "stale", "bad_evaluations")  # one test more
     extra = [r for r in _rows(run, "valid") if r["step"] == at]
     assert _rows(straight, "train") == _rows(run, "train") and len(extra) == 1
     assert _rows(straight, "valid") == [r for r in _rows(run, "valid") if r["step"] != at]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import json
 import math
 import os
 import subprocess
@@ -24,6 +25,7 @@ from carousel.train import (
     TrainSettings,
     clip_gradients,
     fit,
+    make_optimizer,
     open_run,
     read_metrics,
     setup,
@@ -97,6 +99,18 @@ def test_clip_gradients_caps_the_norm_and_reports_it():
     assert clip_gradients(model, 0) == pytest.approx(1.0, rel=1e-5)  # 0: measured, not clipped
 
 
+def test_clip_gradients_measures_finite_gradients_beyond_float32s_squares():
+    # an exploding RNN's gradients: finite, but their squares overflow float32
+    model = nn.Linear(3, 1)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 1e21)
+    assert clip_gradients(model, 1.0) == pytest.approx(2e21)
+    after = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
+    assert float(after) == pytest.approx(1.0, rel=1e-5)
+    model.bias.grad = torch.tensor([math.nan])
+    assert math.isnan(clip_gradients(model, 1.0))  # a gradient that is not finite stays so
+
+
 def test_the_learning_rate_schedule_decays_per_epoch(tmp_path):
     cfg = ToyConfig(lr=0.1, lr_decay=0.5, decay_after=2, epochs=4, log_every=4)
     _fit(tmp_path, cfg)
@@ -119,6 +133,24 @@ def test_the_cosine_schedule_is_torchs_cosine_annealing_stepped_per_epoch(tmp_pa
     assert [r["lr"] for r in rows] == [cfg.lr_at(e) for e in range(5)]
     with pytest.raises(ValueError, match="lr_schedule must be"):
         ToyConfig(lr_schedule="linear").validate()
+
+
+def test_warm_up_raises_the_learning_rate_linearly_then_the_schedule_takes_over(tmp_path):
+    cfg = ToyConfig(lr=0.1, lr_decay=0.5, warmup_steps=6, epochs=3, log_every=1)
+    _fit(tmp_path, cfg)
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
+    expected = [0.1 * k / 6 for k in range(1, 5)] + [0.05 * 5 / 6, 0.05] + [0.05] * 2 + [0.025] * 4
+    assert [r["lr"] for r in rows] == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match="warmup_steps must be at least 0"):
+        ToyConfig(warmup_steps=-1).validate()
+
+
+def test_the_plateau_schedule_decays_after_each_evaluation_that_is_not_the_best(tmp_path):
+    cfg = ToyConfig(lr=0.1, lr_schedule="plateau", lr_decay=0.5, epochs=5, log_every=4)
+    _fit(tmp_path, cfg, job=ToyJob(cfg, scripted=[3.0, 2.0, 2.5, 1.0, 4.0]))
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "train"]
+    # epoch 3 follows the worse 2.5; epoch 4's 1.0 is a new best, so epoch 5 keeps 0.05
+    assert [r["lr"] for r in rows] == [0.1, 0.1, 0.1, 0.05, 0.05]
 
 
 def test_early_stopping_and_the_best_model(tmp_path):
@@ -211,6 +243,39 @@ def test_resume_refuses_a_changed_setting(tmp_path):
     _fit(tmp_path, ToyConfig(epochs=1))
     with pytest.raises(ValueError, match=r"cannot resume .* with lr=0.5"):
         _fit(tmp_path, None, resume=True, overrides={"lr": 0.5})
+
+
+def test_rmsprop_with_momentum_is_torchs_and_resumes_exactly(tmp_path):
+    cfg = ToyConfig(optimizer="rmsprop", lr=0.01, momentum=0.9, rmsprop_alpha=0.95, epochs=4)
+    params = [nn.Parameter(torch.ones(3))]
+    opt = make_optimizer(params, cfg.optimizer, cfg.lr, momentum=0.9, alpha=0.95)
+    assert isinstance(opt, torch.optim.RMSprop)
+    assert (opt.defaults["momentum"], opt.defaults["alpha"]) == (0.9, 0.95)
+    straight, _ = _fit(tmp_path / "a", cfg)
+    _fit(tmp_path / "b", dataclasses.replace(cfg, max_steps=6))  # stops mid-epoch 2 of 4
+    _, meta = load_checkpoint(tmp_path / "b" / "run")
+    saved = json.dumps(meta["optimizer"])  # RMSProp's state and settings are checkpointed
+    assert all(k in saved for k in ('"momentum_buffer"', '"square_avg"', '["alpha", 0.95]'))
+    resumed, out = _fit(tmp_path / "b", None, resume=True, overrides={"max_steps": None})
+    assert out["step"] == 16 and torch.equal(resumed.weight, straight.weight)
+    assert torch.equal(resumed.bias, straight.bias)
+    # momentum changes the run: without it the weights differ
+    plain, _ = _fit(tmp_path / "c", dataclasses.replace(cfg, momentum=0.0))
+    assert not torch.equal(plain.weight, straight.weight)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"optimizer": "adagrad"}, "optimizer must be one of sgd, adam, rmsprop; got 'adagrad'"),
+        ({"optimizer": "rmsprop", "momentum": 1.0}, r"momentum must be in \[0, 1\); got 1.0"),
+        ({"optimizer": "adam", "momentum": 0.9}, "momentum is for sgd and rmsprop, not adam"),
+        ({"optimizer": "rmsprop", "rmsprop_alpha": 0.0}, r"rmsprop_alpha must be in \(0, 1\)"),
+    ],
+)
+def test_optimizer_settings_are_checked(bad, message):
+    with pytest.raises(ValueError, match=message):
+        ToyConfig(**bad).validate()
 
 
 def test_a_run_folder_in_use_is_refused(tmp_path):

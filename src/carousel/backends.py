@@ -15,10 +15,10 @@ import dataclasses
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from carousel.cells import CellOptions
+from carousel.cells.masks import Masks
 from carousel.errors import ArgumentError
 
 
@@ -32,6 +32,8 @@ class LayerWeights:
     b_hh: Tensor | None  # (G·H,)
     peep: dict[str, Tensor]  # name -> (H,)
     w_hr: Tensor | None = None  # (P, H): the LSTM's projection (proj_size P), if any
+    #: the LSTM's layer-norm parameters (``layer_norm``), name -> (G·H,) or (H,); else None
+    ln: dict[str, Tensor] | None = None
 
 
 SequenceFn = Callable[
@@ -63,6 +65,7 @@ def reference_sequence(
     lengths: Tensor | None,
     reverse: bool,
     record: dict[str, Tensor] | None = None,
+    masks: Masks | None = None,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """Run ``cell``'s reference step over a whole sequence; autograd gives BPTT.
 
@@ -77,6 +80,8 @@ def reference_sequence(
             input's time order: the gates of :meth:`CellOptions.step_with_gates`, the
             internal state ``"s"`` (LSTM cells' c) and the output ``"h"``; zero past a
             sequence's length.
+        masks: the regularisers' masks of this direction (:mod:`carousel.cells.masks`),
+            per-step ones in the input's time order; ``None`` runs the plain cell.
 
     Returns:
         output (T, B, H) (P with a projection) in the input's time order, and the final state
@@ -84,14 +89,22 @@ def reference_sequence(
     """
     if reverse:
         x = reverse_padded(x, lengths)
+        if masks is not None:
+            masks = masks.map_per_step(lambda m: reverse_padded(m, lengths))
     T = x.size(0)
-    gx = F.linear(x, weights.w_ih, weights.b_ih)  # (T, B, G·H): all steps in one product
+    ln = weights.ln or None
+    # (T, B, G·H): all steps in one product, W_ih x + b_ih (or its layer-normed form)
+    gx = cell.input_share(x, weights.w_ih, weights.b_ih, ln)
     if lengths is not None:
         live = (torch.arange(T, device=x.device).unsqueeze(1) < lengths).unsqueeze(2)  # (T, B, 1)
     outputs = []
-    extra = {} if weights.w_hr is None else {"w_hr": weights.w_hr}  # the LSTM's projection
+    extra: dict = {} if weights.w_hr is None else {"w_hr": weights.w_hr}  # the projection
+    if ln is not None:
+        extra["ln"] = ln
     steps: list[dict[str, Tensor]] = []
     for t in range(T):
+        if masks is not None:
+            extra["masks"] = masks.at(t)
         if record is None:
             new = cell.step(gx[t], state, weights.w_hh, weights.b_hh, weights.peep, **extra)
         else:
@@ -133,11 +146,30 @@ class Backend:
     #: ``run_pair(cell, x, (state_f, state_b), (weights_f, weights_b), lengths)`` ->
     #: ``((output_f, final_f), (output_b, final_b))``, free to run them concurrently
     run_pair: Callable | None = None
+    #: which of a cell's extras (:func:`needs`: ``"layer_norm"`` and the regularisers whose
+    #: masks a call carries, ``"zoneout_state"``, ``"recurrent_dropout"``, …) the backend
+    #: runs for that cell; it then takes ``masks=`` (:class:`carousel.cells.masks.Masks`) in
+    #: ``run`` and a pair of them in ``run_pair``.  A backend is chosen for a call only
+    #: when it runs all the call needs; the default runs none (only the plain cell).
+    features: Callable[[CellOptions], frozenset[str]] = lambda cell: frozenset()
 
+
+#: every extra a cell can need of a backend (what the reference path runs)
+FEATURES = frozenset(
+    {"layer_norm", "zoneout_state", "zoneout_hidden", "recurrent_dropout", "update_dropout"}
+)
 
 BACKENDS: dict[str, Backend] = {
-    "reference": Backend("reference", reference_sequence, lambda cell, x: True),
+    "reference": Backend(
+        "reference", reference_sequence, lambda cell, x: True, features=lambda cell: FEATURES
+    ),
 }
+
+
+def needs(cell: CellOptions, masks: Masks | None) -> frozenset[str]:
+    """What a call of ``cell`` with ``masks`` asks of a backend beyond the plain cell."""
+    extra = masks.needs() if masks is not None else frozenset()
+    return extra | {"layer_norm"} if cell.layer_norm_on else extra
 
 
 def register_backend(backend: Backend) -> None:
@@ -154,10 +186,13 @@ def check_backend(name: str) -> None:
         raise ArgumentError(f"backend must be one of {', '.join(backend_names())}; got {name!r}")
 
 
-def select_backend(name: str, cell: CellOptions, x: Tensor) -> Backend:
-    """The backend that runs ``cell`` on ``x``: the one named, or for ``"auto"`` a registered
-    kernel that supports it, the most recently registered first (so a user's own kernel
-    overrides the built-in ``"fused"``), else the reference path."""
+def select_backend(
+    name: str, cell: CellOptions, x: Tensor, wanted: frozenset[str] = frozenset()
+) -> Backend:
+    """The backend that runs ``cell`` on ``x`` with the extras ``wanted`` (:func:`needs`):
+    the one named, or for ``"auto"`` a registered kernel that supports it and runs those
+    extras, the most recently registered first (so a user's own kernel overrides the
+    built-in ``"fused"``), else the reference path."""
     check_backend(name)
     if name != "auto":
         backend = BACKENDS[name]
@@ -168,9 +203,20 @@ def select_backend(name: str, cell: CellOptions, x: Tensor) -> Backend:
                 f"{x.device.type} {x.dtype}{f' ({why})' if why else ''}; "
                 "use backend='auto' or 'reference'"
             )
+        missing = wanted - backend.features(cell)
+        if missing:
+            raise ArgumentError(
+                f"backend {name!r} cannot run {', '.join(sorted(missing))} for cell family "
+                f"{cell.family!r} (it runs: {', '.join(sorted(backend.features(cell))) or 'none'})"
+                "; use backend='auto' or 'reference'"
+            )
         return backend
     for backend in reversed(BACKENDS.values()):  # the latest registered kernel first
-        if backend.name != "reference" and backend.supports(cell, x):
+        if (
+            backend.name != "reference"
+            and backend.supports(cell, x)
+            and wanted <= backend.features(cell)
+        ):
             return backend
     return BACKENDS["reference"]
 
@@ -186,6 +232,7 @@ def _register_fused() -> None:
             kernels.supports,
             unavailable=kernels.failure,
             run_pair=kernels.fused_pair,
+            features=kernels.features,
         )
     )
 

@@ -61,6 +61,14 @@ class RecurrentCell(nn.Module):
     ) -> None:
         super().__init__()
         cell.validate()
+        extras = [*cell.active_regularisers(), *(["layer_norm"] if cell.layer_norm_on else [])]
+        if extras:
+            got = ", ".join(f"{n}={getattr(cell, n)!r}" for n in extras)
+            raise ArgumentError(
+                f"{', '.join(extras)} act in the layers (carousel.LSTM, GRU, RNN), which draw "
+                "the masks per sequence; a cell module runs one step of the plain cell "
+                f"(expected none of them; got {got})"
+            )
         self.cell = cell
         self.input_size = _check_size("input_size", input_size, 1)
         self.hidden_size = _check_size("hidden_size", hidden_size, 0)

@@ -10,6 +10,7 @@ Shapes follow the legend in :mod:`carousel`: T, B, I, H, G, L (layers), D (direc
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import warnings
@@ -19,8 +20,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from carousel.backends import BACKENDS, LayerWeights, check_backend, select_backend
+from carousel.backends import BACKENDS, LayerWeights, check_backend, needs, select_backend
 from carousel.cells import CELLS, FAMILIES, CellOptions, get_cell
+from carousel.cells.lstm import LN_PARAMETERS
+from carousel.cells.masks import draw_masks, drop_weight
 from carousel.errors import ArgumentError, ArgumentTypeError
 
 State = Tensor | tuple[Tensor, ...]
@@ -172,6 +175,9 @@ class RecurrentLayer(nn.Module):
                 if self.proj_size:
                     shapes |= {f"weight_hr{sfx}": (self.proj_size, H)}
                 shapes |= {f"weight_{p}{sfx}": (H,) for p in cell.peephole_names()}
+                if cell.layer_norm_on:  # the LSTM's layer-norm gains and biases
+                    units = {"G·H": G * H, "H": H}
+                    shapes |= {f"{n}{sfx}": (units[u],) for n, (u, _) in LN_PARAMETERS.items()}
                 for name, shape in shapes.items():
                     self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
                 self._weight_names.append(list(shapes))
@@ -202,6 +208,10 @@ class RecurrentLayer(nn.Module):
                 for idx in range(len(self._weight_names)):
                     w = self.layer_weights(idx)
                     self.cell.init_bias(w.b_ih, w.b_hh, self.hidden_size)
+            if self.cell.layer_norm_on:  # gains 1, biases 0 (Ba et al.)
+                for idx in range(len(self._weight_names)):
+                    for name, p in self.layer_weights(idx).ln.items():
+                        p.fill_(LN_PARAMETERS[name][1])
 
     def layer_weights(self, index: int) -> LayerWeights:
         """The parameters of layer-direction ``index`` = k·D + d."""
@@ -214,7 +224,25 @@ class RecurrentLayer(nn.Module):
             b_hh=params.get("bias_hh"),
             peep={p: params[f"weight_{p}"] for p in self.cell.peephole_names()},
             w_hr=params.get("weight_hr"),
+            ln={n: params[n] for n in LN_PARAMETERS} if self.cell.layer_norm_on else None,
         )
+
+    def layer_masks(self, x: Tensor, k: int, training: bool | None = None) -> tuple:
+        """The regularisers' masks of layer k's directions for its input x (T, B, ·), drawn
+        from torch's generator in training mode (``training``, default ``self.training``);
+        ``None`` where the cell runs plain (:mod:`carousel.cells.masks`)."""
+        training = self.training if training is None else training
+        H, P = self.hidden_size, self.output_size
+        return tuple(draw_masks(self.cell, x, H, P, training) for _ in range(self.num_directions))
+
+    def _call_weights(self, index: int) -> LayerWeights:
+        """:meth:`layer_weights` as a forward call uses them: in training with
+        ``weight_drop`` > 0, W_hh ⊙ M with a fresh DropConnect mask (under autograd)."""
+        w = self.layer_weights(index)
+        p = self.cell.weight_drop
+        if p and self.training:
+            w = dataclasses.replace(w, w_hh=drop_weight(w.w_hh, p))
+        return w
 
     @property
     def _flat_weights_names(self) -> list[str]:
@@ -282,18 +310,29 @@ class RecurrentLayer(nn.Module):
 
         finals: list[tuple[Tensor, ...]] = []
         for k in range(self.num_layers):
+            idxs = [k * self.num_directions + d for d in range(self.num_directions)]
+            weights = tuple(self._call_weights(idx) for idx in idxs)  # DropConnect first,
+            masks = self.layer_masks(x, k)  # then the masks: a fixed order of draws
+            wanted = needs(self.cell, masks[0])
             if x.size(1) == 0:  # no sequences: autograd through the equations, as torch.nn
                 backend = BACKENDS["reference"]
             else:
-                backend = select_backend(self.backend, self.cell, x)
-            idxs = [k * self.num_directions + d for d in range(self.num_directions)]
+                backend = select_backend(self.backend, self.cell, x, wanted)
             states = tuple(tuple(s[idx] for s in state) for idx in idxs)
-            weights = tuple(self.layer_weights(idx) for idx in idxs)
+            kw = {"masks": masks} if wanted else {}  # only backends with features take it
             if len(idxs) == 2 and backend.run_pair is not None:
-                results = backend.run_pair(self.cell, x, states, weights, lengths)
+                results = backend.run_pair(self.cell, x, states, weights, lengths, **kw)
             else:
                 results = [
-                    backend.run(self.cell, x, states[d], weights[d], lengths, d == 1)
+                    backend.run(
+                        self.cell,
+                        x,
+                        states[d],
+                        weights[d],
+                        lengths,
+                        d == 1,
+                        **({"masks": masks[d]} if wanted else {}),
+                    )
                     for d in range(len(idxs))
                 ]
             outputs = [out for out, _ in results]

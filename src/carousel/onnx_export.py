@@ -151,6 +151,18 @@ def export_layers(
             f"ONNX export of an LSTM with a projection (proj_size={layer.proj_size}) is not "
             "supported; export a layer without proj_size"
         )
+    changed = [  # what makes eval mode differ from the plain cell, which the operators are
+        name
+        for name in ("zoneout_state", "zoneout_hidden", "layer_norm")
+        if getattr(layer.cell, name, 0)
+    ]
+    if changed:
+        raise ArgumentError(
+            f"ONNX export of a cell with {', '.join(changed)} is not supported (in eval mode "
+            "zoneout mixes in the previous state by its rate and layer norm normalises, which "
+            "ONNX's recurrent operators cannot do); export a cell without them (dropout "
+            "and weight_drop are fine: eval mode is the plain cell)"
+        )
     T, B = x.shape[0], x.shape[1]
     H, D = layer.hidden_size, layer.num_directions
     seq_lens = None if lengths is None else lengths.to(torch.int32)

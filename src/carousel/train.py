@@ -70,16 +70,22 @@ class RunInUse(ValueError):
 
 
 # ---------------------------------------------------------------------------- settings
+OPTIMIZERS = ("sgd", "adam", "rmsprop")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainSettings:
     """The settings the loop reads; every job's config subclasses this (and may change the
     defaults).  Any field is a ``--field-name`` option of ``carousel train JOB``."""
 
-    optimizer: str = "adam"  # "sgd" or "adam" (torch.optim)
+    optimizer: str = "adam"  # "sgd", "adam" or "rmsprop" (torch.optim)
     lr: float = 1e-3
-    lr_schedule: str = "step"  # "step": lr_decay as below; "cosine": half a cosine to 0
-    lr_decay: float = 1.0  # multiply the learning rate by this after each epoch ...
-    decay_after: int = 0  # ... once this many epochs are done
+    momentum: float = 0.0  # SGD's and RMSProp's momentum (Adam has its betas)
+    rmsprop_alpha: float = 0.99  # RMSProp's smoothing of the squared gradient (torch's alpha)
+    lr_schedule: str = "step"  # "step", "cosine" or "plateau": see lr_at
+    lr_decay: float = 1.0  # step: × this after each epoch (plateau: after each bad evaluation)
+    decay_after: int = 0  # step: ... once this many epochs are done
+    warmup_steps: int = 0  # the learning rate rises linearly over this many first steps
     weight_decay: float = 0.0
     clip: float = 5.0  # gradient-norm clipping; 0 turns it off
     epochs: int = 1
@@ -110,14 +116,26 @@ class TrainSettings:
     ARCHITECTURE: ClassVar[tuple[str, ...]] = ()
 
     def validate(self) -> None:
-        if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam'; got {self.optimizer!r}")
-        if self.lr_schedule not in ("step", "cosine"):
-            raise ValueError(f"lr_schedule must be 'step' or 'cosine'; got {self.lr_schedule!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}"
+            )
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1); got {self.momentum}")
+        if self.momentum and self.optimizer == "adam":
+            raise ValueError(f"momentum is for sgd and rmsprop, not adam; got {self.momentum}")
+        if not 0 < self.rmsprop_alpha < 1:
+            raise ValueError(f"rmsprop_alpha must be in (0, 1); got {self.rmsprop_alpha}")
+        if self.lr_schedule not in ("step", "cosine", "plateau"):
+            raise ValueError(
+                f"lr_schedule must be 'step', 'cosine' or 'plateau'; got {self.lr_schedule!r}"
+            )
         if self.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"device must be cpu, cuda or auto; got {self.device!r}")
         check_at_least(self, 1, "epochs", "log_every", "max_steps", "threads")
-        check_at_least(self, 0, "eval_every", "checkpoint_every", "decay_after", "patience")
+        check_at_least(
+            self, 0, "eval_every", "checkpoint_every", "decay_after", "patience", "warmup_steps"
+        )
         if self.lr <= 0 or self.lr_decay <= 0 or self.clip < 0 or self.weight_decay < 0:
             raise ValueError("lr and lr_decay must be positive, clip and weight_decay not negative")
         if self.max_minutes is not None and self.max_minutes <= 0:
@@ -125,14 +143,25 @@ class TrainSettings:
         if self.max_loss_factor < 0:
             raise ValueError(f"max_loss_factor must be ≥ 0; got {self.max_loss_factor}")
 
-    def lr_at(self, epoch: int) -> float:
-        """The learning rate of epoch ``epoch`` (0-based).  ``"step"``: ``lr`` for the first
-        ``decay_after`` epochs (at least one), then multiplied by ``lr_decay`` once per epoch;
-        ``"cosine"``: ``lr · (1 + cos(π · epoch / epochs)) / 2``, torch's CosineAnnealingLR
-        stepped once an epoch."""
+    def lr_at(self, epoch: int, step: int = 0, bad_evaluations: int = 0) -> float:
+        """The learning rate of step ``step`` (0-based, counted over the run) in epoch
+        ``epoch`` (0-based).  ``"step"``: ``lr`` for the first ``decay_after`` epochs (at
+        least one), then multiplied by ``lr_decay`` once per epoch; ``"cosine"``:
+        ``lr · (1 + cos(π · epoch / epochs)) / 2``, torch's CosineAnnealingLR stepped once an
+        epoch; ``"plateau"``: ``lr · lr_decay ** bad_evaluations``, multiplied by ``lr_decay``
+        after each evaluation that did not beat the best one (torch's ReduceLROnPlateau
+        with patience 0; the evaluation a Ctrl-C makes counts, as it does for ``patience``).
+        Over the first ``warmup_steps`` steps every schedule is scaled
+        by (step + 1) / warmup_steps."""
         if self.lr_schedule == "cosine":
-            return self.lr * (1 + math.cos(math.pi * min(epoch, self.epochs) / self.epochs)) / 2
-        return self.lr * self.lr_decay ** max(0, epoch + 1 - max(self.decay_after, 1))
+            lr = self.lr * (1 + math.cos(math.pi * min(epoch, self.epochs) / self.epochs)) / 2
+        elif self.lr_schedule == "plateau":
+            lr = self.lr * self.lr_decay**bad_evaluations
+        else:
+            lr = self.lr * self.lr_decay ** max(0, epoch + 1 - max(self.decay_after, 1))
+        if step < self.warmup_steps:
+            lr *= (step + 1) / self.warmup_steps
+        return lr
 
 
 # ---------------------------------------------------------------------------- the job
@@ -206,10 +235,12 @@ class Cursor:
     best: float | None = None  # the best score of job.metric so far
     best_step: int = -1
     stale: int = 0  # evaluations since the best one (early stopping)
+    bad_evaluations: int = 0  # evaluations that did not beat the best (plateau schedule)
     evaluated: int = -1  # the step of the last evaluation (a resumed run does not repeat it)
     first_loss: float | None = None  # the run's first training loss (divergence test)
     window_loss: float = 0.0  # sum of step losses since the last training row
     window_steps: int = 0
+    window_grad_norm: float = 0.0  # sum of the steps' gradient norms (before clipping)
     stopped: str | None = None  # a final reason that no new limit undoes: solved, early stop
 
 
@@ -369,7 +400,14 @@ def fit(
     main = rank == 0
     if world > 1 and not job.shards:
         raise ValueError(f"the {job.kind} job does not support data-parallel training")
-    optimizer = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.weight_decay)
+    optimizer = make_optimizer(
+        model.parameters(),
+        cfg.optimizer,
+        cfg.lr,
+        cfg.weight_decay,
+        momentum=cfg.momentum,
+        alpha=cfg.rmsprop_alpha,
+    )
     cursor, best = Cursor(), None
     if run.resuming:
         cursor, best = restore(run, model, optimizer, job, rank, device)
@@ -403,13 +441,13 @@ def fit(
             reason = _limit_reached(cursor, cfg, epoch_start=True)
             if reason is not None:
                 break
-            set_lr(optimizer, cfg.lr_at(cursor.epoch))
             batches = job.batches(cursor.epoch, cursor.batch)
             while reason is None:
                 reason = _limit_reached(cursor, cfg)
                 batch = next(batches, None) if reason is None else None
                 if batch is None:
                     break
+                set_lr(optimizer, cfg.lr_at(cursor.epoch, cursor.step, cursor.bad_evaluations))
                 t0 = clock()
                 loss, items = job.loss(net, batch)
                 # one all-reduce: the mean loss, and whether any process was asked to stop
@@ -420,7 +458,8 @@ def fit(
                 _check_loss(shown, cursor, cfg, run)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                _check_finite("gradient norm", clip_gradients(model, cfg.clip), cursor, run)
+                grad_norm = clip_gradients(model, cfg.clip)
+                _check_finite("gradient norm", grad_norm, cursor, run)
                 optimizer.step()
                 dt = clock() - t0
                 cursor.step += 1
@@ -428,11 +467,12 @@ def fit(
                 cursor.elapsed += dt
                 cursor.seen += items * world
                 cursor.window_loss += shown
+                cursor.window_grad_norm += grad_norm
                 cursor.window_steps += 1
                 bar.update(f"{job.describe_loss(shown)} {items * world / dt:,.0f} {job.item}/s")
                 if cursor.step % cfg.log_every == 0:
                     log.write(**_train_row(cursor, optimizer, job))
-                    cursor.window_loss, cursor.window_steps = 0.0, 0
+                    cursor.window_loss, cursor.window_grad_norm, cursor.window_steps = 0.0, 0.0, 0
                 wanted = job.wants_evaluation()  # asked every step, even when one is due anyway
                 if wanted or _every(cursor.step, cfg.eval_every):
                     scores, best = evaluate(model, job, cursor, cfg, log, bar, best)
@@ -538,6 +578,7 @@ def _train_row(cursor: Cursor, optimizer: torch.optim.Optimizer, job: Job) -> di
         "step": cursor.step,
         "epoch": cursor.epoch,
         "loss": cursor.window_loss / cursor.window_steps,
+        "grad_norm": cursor.window_grad_norm / cursor.window_steps,  # before clipping
         "lr": optimizer.param_groups[0]["lr"],
         "seen": cursor.seen,
         "unit": job.unit,
@@ -586,6 +627,7 @@ def evaluate(
             best = {k: v.detach().clone() for k, v in model.state_dict().items()}
     else:
         cursor.stale += 1
+        cursor.bad_evaluations += 1
     if ddp.rank() == 0:
         bar.write(f"step {cursor.step} epoch {cursor.epoch + 1}: {job.describe(scores)}")
     cursor.stopped = job.finished(scores)
@@ -666,14 +708,25 @@ def _python_rng_json() -> list:
 
 # ---------------------------------------------------------------------------- the parts
 def make_optimizer(
-    params: Iterator[nn.Parameter], name: str, lr: float, weight_decay: float = 0.0
+    params: Iterator[nn.Parameter],
+    name: str,
+    lr: float,
+    weight_decay: float = 0.0,
+    *,
+    momentum: float = 0.0,
+    alpha: float = 0.99,
 ) -> torch.optim.Optimizer:
-    """torch.optim's plain SGD (Zaremba et al.'s recipe) or Adam."""
+    """torch.optim's SGD (plain: Zaremba et al.'s recipe; or with momentum), Adam, or RMSProp
+    (``alpha`` smooths the squared gradient; Graves et al.'s NTM: momentum 0.9, lr 1e-4)."""
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"optimizer must be 'sgd' or 'adam'; got {name!r}")
+    if name == "rmsprop":
+        return torch.optim.RMSprop(
+            params, lr=lr, alpha=alpha, weight_decay=weight_decay, momentum=momentum
+        )
+    raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {name!r}")
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -683,9 +736,20 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 def clip_gradients(model: nn.Module, max_norm: float) -> float:
     """Clip the gradients' global norm to ``max_norm`` (0: no clipping); return the norm
-    before clipping (NaN or inf when a gradient is not finite)."""
-    limit = max_norm if max_norm > 0 else math.inf
-    return float(nn.utils.clip_grad_norm_(model.parameters(), limit))
+    before clipping: NaN or inf only when a gradient element is not finite.
+
+    The norm is taken in float32 and, should the sum of squares overflow there (finite
+    gradients of 10²⁰ and more, as an exploding RNN makes), again in float64.
+    """
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return 0.0
+    norm = nn.utils.get_total_norm(grads)
+    if torch.isinf(norm) and all(bool(torch.isfinite(g).all()) for g in grads):
+        norm = nn.utils.get_total_norm([g.double() for g in grads])
+    if max_norm > 0 and torch.isfinite(norm):  # the scaling of torch's clip_grad_norm_
+        torch._foreach_mul_(grads, torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+    return float(norm)
 
 
 class MetricsLog:

@@ -61,14 +61,14 @@ class Batch:
 
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
-    """What a task is: its generator, input size I, outputs and kind of target."""
+    """What a task is: its generator, input size I, and what the network outputs."""
 
     name: str
     make: Callable[[int, int, torch.Generator, bool], Batch]
     input_size: int
     #: "regression" (one value at the end), "classification" (one class at the end) or
     #: "sequence" (a class at each of the last k steps)
-    kind: str
+    output: str
     num_outputs: int
     paper: str
 

@@ -109,6 +109,7 @@ def record(
     finals: list[tuple[Tensor, ...]] = []
     for k in range(layer.num_layers):
         outputs, recs = [], []
+        masks = layer.layer_masks(x, k, training=False)  # eval: zoneout's expectation
         for d in range(D):
             idx = k * D + d
             rec: dict[str, Tensor] = {}
@@ -120,6 +121,7 @@ def record(
                 lengths,
                 d == 1,
                 record=rec,
+                masks=masks[d],
             )
             outputs.append(out)
             finals.append(final)

@@ -125,16 +125,26 @@ def supports(cell: CellOptions, x: Tensor) -> bool:
     return available() and cell.family in _modules
 
 
-def fused_sequence(cell, x, state, weights, lengths, reverse):
+def features(cell: CellOptions) -> frozenset[str]:
+    """The extras (:func:`carousel.backends.needs`) the kernel of ``cell``'s family runs: its
+    module's ``FEATURES`` (none when it has no such attribute)."""
+    if not available() or cell.family not in _modules:
+        return frozenset()
+    return frozenset(getattr(_modules[cell.family], "FEATURES", ()))
+
+
+def fused_sequence(cell, x, state, weights, lengths, reverse, masks=None):
     """Run one direction of one layer with the fused kernel of ``cell``'s family.
 
     The kernel's autograd (first-order gradients from its hand-derived backward, exact
     higher-order gradients from the reference twin, torch.func) is the shared one of
-    :func:`carousel.kernels.common.run_sequence`."""
+    :func:`carousel.kernels.common.run_sequence`; ``masks`` are the regularisers'
+    (:mod:`carousel.cells.masks`)."""
     _load()
     from carousel.kernels.common import run_sequence
 
-    return run_sequence(_modules[cell.family].KERNEL, cell, x, state, weights, lengths, reverse)
+    kernel = _modules[cell.family].KERNEL
+    return run_sequence(kernel, cell, x, state, weights, lengths, reverse, masks)
 
 
 def _pair_pays(cell: CellOptions, x: Tensor, H: int) -> bool:
@@ -149,13 +159,13 @@ def _pair_pays(cell: CellOptions, x: Tensor, H: int) -> bool:
     )
 
 
-def fused_pair(cell, x, states, weights, lengths):
-    """Both directions of one bidirectional layer: ``states`` and ``weights`` are (forward,
-    backward) pairs; returns ((output, final), (output, final)).  The two run concurrently
-    (:mod:`carousel.kernels.pair`) where that pays, else one after the other."""
+def fused_pair(cell, x, states, weights, lengths, masks=(None, None)):
+    """Both directions of one bidirectional layer: ``states``, ``weights`` and ``masks`` are
+    (forward, backward) pairs; returns ((output, final), (output, final)).  The two run
+    concurrently (:mod:`carousel.kernels.pair`) where that pays, else one after the other."""
     _load()
     from carousel.kernels.common import run_pair
 
     H = weights[0].w_hh.size(1)
     kernel = _modules[cell.family].KERNEL
-    return run_pair(kernel, cell, x, states, weights, lengths, _pair_pays(cell, x, H))
+    return run_pair(kernel, cell, x, states, weights, lengths, _pair_pays(cell, x, H), masks)

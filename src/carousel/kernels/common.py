@@ -23,6 +23,7 @@ from torch import Tensor
 
 from carousel.backends import LayerWeights
 from carousel.cells import CellOptions
+from carousel.cells.masks import Masks
 
 #: bfloat16 per-step products from this many rows up; below, the per-step products stay
 #: float32 (MKL's bfloat16 GEMM re-packs the weights at every call, which a few rows do not
@@ -235,6 +236,7 @@ class Call:
     reverse: bool
     bf16: bool  # products in bfloat16 (CPU bfloat16 autocast)
     store: bool  # keep what the backward needs (False in inference)
+    masks: Masks | None = None  # the regularisers' masks (carousel.cells.masks), or none
 
     @property
     def n_flat(self) -> int:
@@ -265,22 +267,27 @@ class Call:
         B = self.order.perm.numel()
         T = self.order.nlive.numel()
         lengths = None if self.lengths is None else self.lengths.repeat(V)
-        return dataclasses.replace(self, lengths=lengths, order=Order(T, V * B, lengths))
+        masks = None if self.masks is None else self.masks.repeat(V)
+        order = Order(T, V * B, lengths)
+        return dataclasses.replace(self, lengths=lengths, order=order, masks=masks)
 
 
-def run_sequence(kernel, cell, x, state, weights, lengths, reverse) -> tuple:
-    """Run one direction of one layer with ``kernel``; ``reference_sequence``'s signature."""
-    call = make_call(kernel, cell, x, state, weights, lengths, reverse)
+def run_sequence(kernel, cell, x, state, weights, lengths, reverse, masks=None) -> tuple:
+    """Run one direction of one layer with ``kernel``; ``reference_sequence``'s signature
+    (and its ``masks``)."""
+    call = make_call(kernel, cell, x, state, weights, lengths, reverse, masks)
     outputs = SequenceFunction.apply((call,), False, *call.flatten(x, state, weights))
     return outputs[0], tuple(outputs[1 : 1 + call.n_state])
 
 
-def run_pair(kernel, cell, x, states, weights, lengths, concurrent: bool) -> tuple:
+def run_pair(
+    kernel, cell, x, states, weights, lengths, concurrent: bool, masks=(None, None)
+) -> tuple:
     """Both directions of a bidirectional layer in one Function, side by side on two threads
     when ``concurrent`` (:mod:`carousel.kernels.pair`); ((output, final), (output, final))."""
     calls = tuple(
-        make_call(kernel, cell, x, s, w, lengths, reverse)
-        for s, w, reverse in zip(states, weights, (False, True))
+        make_call(kernel, cell, x, s, w, lengths, reverse, m)
+        for s, w, reverse, m in zip(states, weights, (False, True), masks)
     )
     flat = [t for c, s, w in zip(calls, states, weights) for t in c.flatten(x, s, w)]
     outputs = SequenceFunction.apply(calls, concurrent, *flat)
@@ -291,7 +298,7 @@ def run_pair(kernel, cell, x, states, weights, lengths, concurrent: bool) -> tup
     return tuple(results)
 
 
-def make_call(kernel, cell, x, state, weights, lengths, reverse) -> Call:
+def make_call(kernel, cell, x, state, weights, lengths, reverse, masks=None) -> Call:
     tensors = (x, *state, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, weights.w_hr)
     tensors += tuple(weights.peep.values())
     store = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
@@ -306,6 +313,7 @@ def make_call(kernel, cell, x, state, weights, lengths, reverse) -> Call:
         reverse=bool(reverse),
         bf16=bf16_wanted(x),
         store=store,
+        masks=masks,
     )
 
 
@@ -546,7 +554,9 @@ def _reference(call: Call, flat: Sequence) -> tuple:
     from carousel.backends import reference_sequence
 
     x, state, weights = call.unflatten(flat)
-    out, final = reference_sequence(call.cell, x, state, weights, call.lengths, call.reverse)
+    out, final = reference_sequence(
+        call.cell, x, state, weights, call.lengths, call.reverse, masks=call.masks
+    )
     return (out, *final)
 
 

@@ -2,7 +2,9 @@
 
 One compiled kernel per direction of the time loop serves every variant: the switches are
 runtime integers, so numba compiles it once per dtype.  The derivation follows; the code below
-carries its tags ``(F1)…(F8)``, ``(B1)…(B9)``, ``(P1)``, ``(P2)`` and ``(B10)``
+carries its tags ``(F1)…(F8)``, ``(B1)…(B9)``, ``(P1)``, ``(P2)``, ``(B10)`` and the
+regularisers' ``(R1)``, ``(U1)``, ``(Z1)``, ``(Z2)``, ``(ZB1)…(ZB3)``, ``(UB1)``, ``(UB2)``,
+``(RB1)``
 (``docs/bptt.md`` has the parts
 every family shares: notation, the products over all steps (B10), lengths, bfloat16).
 ⊙ is the elementwise product, σ the logistic function, δv = ∂L/∂v, all vectors (B, H) rows.
@@ -52,6 +54,32 @@ keeps each step's δh_t and m_t = o ⊙ φ_out(s_t) (recomputed), and
     (P2)  δW_hr = Σ_{t,b} δh_tᵀ m_t                 one product over all steps, (P, T·B)(T·B, H)
 
 while H_prev in (B10) holds the projected h_{t−1} (T·B, P).
+
+Regularisers (the masks of :mod:`carousel.cells.masks`, read at each sequence's own position;
+every one is absent in the plain cell, and the lines below then reduce to those above).
+Forward, with s̃_t and h̃_t what (F5) and (F7)/(F8) give:
+
+    (R1)  a   = W_ih x_t + b + W_hh (m ⊙ h_{t−1})      recurrent dropout, m (B, P) per sequence
+    (U1)  s̃_t = f ⊙ s_{t−1} + i ⊙ (u ⊙ g)              update dropout, u per step and unit
+          o   = σ(a_o + p_o ⊙ s̃_t),  m_t = o ⊙ φ_out(s̃_t)      (F6), (F7) read s̃_t
+    (Z1)  s_t = d^s ⊙ s_{t−1} + (1 − d^s) ⊙ s̃_t        zoneout on the state
+    (Z2)  h_t = d^h ⊙ h_{t−1} + (1 − d^h) ⊙ h̃_t        zoneout on h (after the projection)
+
+The forward pass keeps s_t (as before); the backward recomputes s̃_t from the saved gates.
+Backward, with δh_t of (B1) and δs_t^carry the gradients of the zoned h_t and s_t:
+
+    (ZB1) δh̃_t = (1 − d^h) ⊙ δh_t  takes the place of δh_t in (P1)–(B3) and (P2), and
+          δh_{t−1}^rec gains d^h ⊙ δh_t after (B9)
+    (ZB2) s̃_t = f ⊙ s_{t−1} + i ⊙ (u ⊙ g), recomputed; (B2), (B3), (B8) read it for s_t
+    (ZB3) (1 − d^s) ⊙ δs_t^carry takes its place in (B3), and δs_{t−1}^carry of (B7)
+          gains d^s ⊙ δs_t^carry
+    (UB1) u ⊙ g takes the place of g in (B5)
+    (UB2) δa_g  = δs_t ⊙ i ⊙ u ⊙ φ_in'(a_g)           in place of (B4)
+    (RB1) δh_{t−1}^rec = (δA_t W_hh) ⊙ m             in place of (B9); H_prev in (B10) holds
+          m ⊙ h_{t−1}, the product's operand
+
+DropConnect needs no line: the layer hands the kernel W_hh ⊙ M, and autograd takes δW_hh
+through the mask.  Layer normalisation is not in this kernel (it runs on the reference path).
 
 Why (B3) and (B7) look as they do: s_t reaches the loss through h_t (F7) — directly and through
 the output gate's peephole (F6) — and through step t + 1, where it is s_{t−1} of (F2), (F3)
@@ -130,16 +158,21 @@ def _sigmoid_from_exp(z, m, one):
 
 @numba.njit(**JIT)
 def lstm_forward(
-    gx, w_hh, w_hr, peep, flags, perm, lengths, nlive, rev, packed, h, c, out, cs, work, z, si, sf
-):
+    gx, w_hh, w_hr, peep, flags, perm, lengths, nlive, rev, packed, h, s, out, ss, work, z, si, sf,
+    mflags, zsm, zhm, rdm, udm, hm,
+):  # fmt: skip
     """The forward time loop.
 
     gx (T, B, G·H): in, W_ih x + b_ih + b_hh; out, the gates' activations i, f, g, o.
     w_hh (G·H, P); w_hr (P, H), the projection (a dummy without one, P = H);
     peep (3, H) rows p_i, p_f, p_o (zeros where absent).  flags: those of
-    :func:`lstm_flags`, then ``store`` (0 in inference: gx and cs are left as scratch).
-    h (B, P), c (B, H): initial state in kernel order; on return, each sequence's final state.
-    out (T, B, P) zeros: h_t.  cs (T, B, H): s_t.  work (B, G·H), z (5, B·H): scratch.
+    :func:`lstm_flags`, then ``store`` (0 in inference: gx and ss are left as scratch).
+    h (B, P), s (B, H): initial state in kernel order; on return, each sequence's final state.
+    out (T, B, P) zeros: h_t.  ss (T, B, H): s_t.  work (B, G·H), z (5, B·H): scratch.
+    mflags (4,): which masks are present — zoneout on s, zoneout on h, recurrent dropout,
+    update dropout — and zsm (T, B, H), zhm (T, B, P), rdm (B, P), udm (T, B, H) the masks
+    (:mod:`carousel.cells.masks`; dummies where absent), indexed by the sequence's own
+    position and batch row; hm (B, P): scratch.
 
     Every inner loop touches few contiguous arrays, in the arrays' dtype, so LLVM
     vectorises it; a gate a variant lacks is a vector of ones, so the state update is one
@@ -148,7 +181,7 @@ def lstm_forward(
     has_i, own_f, coupled, has_o = flags[0], flags[1], flags[2], flags[3]
     act_in, act_out, G, proj, store = flags[4], flags[5], flags[10], flags[11], flags[12]
     T = gx.shape[0]
-    H = c.shape[1]
+    H = s.shape[1]
     P = h.shape[1]
     GH = G * H
     oi, of, og, oo = flags[6] * H, flags[7] * H, flags[8] * H, flags[9] * H
@@ -158,11 +191,21 @@ def lstm_forward(
     hf = h.reshape(-1)
     pk = prepare_pack(packed, TR, nlive[0], GH, P, w_hh, P)
     pkr = prepare_pack(packed if proj else PLAIN, TR, nlive[0], P, H, w_hr, H)
+    zon_s, zon_h, rec_d, upd_d = mflags[0], mflags[1], mflags[2], mflags[3]
     old_threads = step_threads(nlive[0], GH, P)
     for t in range(T):
         n = nlive[t]
         m = n * H
-        step_gemm(pk, packed, N, TR, n, GH, P, h, P, w_hh, P, 0.0, work, GH, si, sf)  # W_hh h_{t−1}
+        if rec_d:  # (R1) the recurrent product reads m ⊙ h_{t−1}, one mask per sequence
+            for j in range(n):
+                mr = rdm[perm[j]]
+                hj = h[j]
+                hmj = hm[j]
+                for k in range(P):
+                    hmj[k] = mr[k] * hj[k]
+            step_gemm(pk, packed, N, TR, n, GH, P, hm, P, w_hh, P, 0.0, work, GH, si, sf)
+        else:  # W_hh h_{t−1}
+            step_gemm(pk, packed, N, TR, n, GH, P, h, P, w_hh, P, 0.0, work, GH, si, sf)
         for j in range(n):  # (F1) a = W_ih x_t + b + W_hh h_{t−1}, and the gates' arguments
             b = perm[j]
             pos = t if rev == 0 else lengths[b] - 1 - t
@@ -170,14 +213,14 @@ def lstm_forward(
             wr = work[j]
             for k in range(GH):
                 wr[k] += row[k]
-            cj = c[j]
+            sj = s[j]
             base = j * H
             if has_i:
                 for k in range(H):
-                    zi[base + k] = -(wr[oi + k] + pi[k] * cj[k])
+                    zi[base + k] = -(wr[oi + k] + pi[k] * sj[k])
             if own_f:
                 for k in range(H):
-                    zf[base + k] = -(wr[of + k] + pf[k] * cj[k])
+                    zf[base + k] = -(wr[of + k] + pf[k] * sj[k])
             if act_in == 1:
                 for k in range(H):
                     zg[base + k] = -wr[og + k]
@@ -202,17 +245,29 @@ def lstm_forward(
         elif act_in == 1:
             vexp(zg, m)
             _sigmoid_from_exp(zg, m, one)
-        for j in range(n):  # (F5) s_t = f ⊙ s_{t−1} + i ⊙ g
-            cj = c[j]
+        for j in range(n):  # (F5) s̃_t = f ⊙ s_{t−1} + i ⊙ g  ((U1): i ⊙ (u ⊙ g))
+            sj = s[j]
             base = j * H
-            for k in range(H):
-                cj[k] = zf[base + k] * cj[k] + zi[base + k] * zg[base + k]
-            for k in range(H):
-                zs[base + k] = cj[k]
-            if has_o:
+            b = perm[j]
+            pos = t if rev == 0 else lengths[b] - 1 - t
+            if upd_d:
+                ur = udm[pos, b]
+                for k in range(H):
+                    zs[base + k] = zf[base + k] * sj[k] + zi[base + k] * (zg[base + k] * ur[k])
+            else:
+                for k in range(H):
+                    zs[base + k] = zf[base + k] * sj[k] + zi[base + k] * zg[base + k]
+            if zon_s:  # (Z1) s_t = d^s ⊙ s_{t−1} + (1 − d^s) ⊙ s̃_t
+                dr = zsm[pos, b]
+                for k in range(H):
+                    sj[k] = dr[k] * sj[k] + (one - dr[k]) * zs[base + k]
+            else:
+                for k in range(H):
+                    sj[k] = zs[base + k]
+            if has_o:  # the output gate's peephole reads s̃_t
                 wr = work[j]
                 for k in range(H):
-                    zo[base + k] = -(wr[oo + k] + po[k] * cj[k])
+                    zo[base + k] = -(wr[oo + k] + po[k] * zs[base + k])
         if has_o:  # (F6) o = σ(a_o + p_o ⊙ s_t)
             vexp(zo, m)
             _sigmoid_from_exp(zo, m, one)
@@ -221,12 +276,28 @@ def lstm_forward(
         if act_out == 0:
             vtanh(zs, m)
         if proj:
-            for q in range(m):  # (F7) m_t = o ⊙ φ_out(s_t)
+            for q in range(m):  # (F7) m_t = o ⊙ φ_out(s̃_t)
                 zs[q] = zo[q] * zs[q]
-            step_gemm(pkr, packed, N, TR, n, P, H, zs, H, w_hr, H, 0.0, h, P, si, sf)  # (F8)
+            if zon_h:  # (F8) h̃_t = W_hr m_t, then (Z2)
+                step_gemm(pkr, packed, N, TR, n, P, H, zs, H, w_hr, H, 0.0, hm, P, si, sf)
+            else:  # (F8) h_t = W_hr m_t
+                step_gemm(pkr, packed, N, TR, n, P, H, zs, H, w_hr, H, 0.0, h, P, si, sf)
+        elif zon_h:  # (F7) h̃_t = o ⊙ φ_out(s̃_t), then (Z2)
+            hmf = hm.reshape(-1)
+            for q in range(m):
+                hmf[q] = zo[q] * zs[q]
         else:
             for q in range(m):  # (F7) h_t = o ⊙ φ_out(s_t)
                 hf[q] = zo[q] * zs[q]
+        if zon_h:  # (Z2) h_t = d^h ⊙ h_{t−1} + (1 − d^h) ⊙ h̃_t
+            for j in range(n):
+                b = perm[j]
+                pos = t if rev == 0 else lengths[b] - 1 - t
+                dr = zhm[pos, b]
+                hj = h[j]
+                hmj = hm[j]
+                for k in range(P):
+                    hj[k] = dr[k] * hj[k] + (one - dr[k]) * hmj[k]
         for j in range(n):  # keep i, f, g, o, s_t and h_t at the sequence's own position
             b = perm[j]
             pos = t if rev == 0 else lengths[b] - 1 - t
@@ -240,31 +311,33 @@ def lstm_forward(
                 copy(row, og, zg, base, H)
                 if has_o:
                     copy(row, oo, zo, base, H)
-                copy(cs[pos, b], 0, c[j], 0, H)
+                copy(ss[pos, b], 0, s[j], 0, H)
             copy(out[pos, b], 0, h[j], 0, P)
     restore_threads(old_threads)
 
 
 @numba.njit(**JIT)
 def lstm_backward(
-    gates, cs, out, h0, c0, w_hh, w_hr, peep, flags, perm, lengths, nlive, rev, packed,
-    dout, dh, dc, dA, hprev, dhs, ms, dpeep, dst, z, si, sf,
+    gates, ss, out, h0, s0, w_hh, w_hr, peep, flags, perm, lengths, nlive, rev, packed,
+    dout, dh, ds, dA, hprev, dhs, ms, dpeep, dst, z, si, sf,
+    mflags, zsm, zhm, rdm, udm, zm, zp,
 ):  # fmt: skip
     """The backward time loop: the δ recursions (B1)–(B9) of the module docstring.
 
-    gates, cs, out: saved by :func:`lstm_forward`; h0 (B, P), c0 (B, H) in batch order;
+    gates, ss, out: saved by :func:`lstm_forward`; h0 (B, P), s0 (B, H) in batch order;
     w_hr (P, H) the projection (a dummy without one, P = H).
-    dout (T, B, P): ∂L/∂h_t from above.  dh (B, P), dc (B, H): in, ∂L/∂(h_n, c_n) in kernel
-    order; out, ∂L/∂(h_0, c_0) in kernel order.  dA (T, B, G·H) zeros: ∂L/∂a, the gates'
+    dout (T, B, P): ∂L/∂h_t from above.  dh (B, P), ds (B, H): in, ∂L/∂(h_n, s_n) in kernel
+    order; out, ∂L/∂(h_0, s_0) in kernel order.  dA (T, B, G·H) zeros: ∂L/∂a, the gates'
     pre-activations.  hprev (T, B, P) zeros: h_{t−1} of each step.  With a projection,
     dhs (T, B, P) and ms (T, B, H) zeros: δh_t and m_t of each step, for δW_hr (P2); dummies
     without.  dpeep (3, H) zeros: the peepholes' gradients.  dst (B, G·H), z (12, B·H):
-    scratch.
+    scratch.  mflags, zsm, zhm, rdm, udm: the masks, as :func:`lstm_forward`; zm (4, B·H)
+    and zp (2, B·P): scratch for them.
     """
     has_i, own_f, coupled, has_o = flags[0], flags[1], flags[2], flags[3]
     act_in, act_out, G, proj = flags[4], flags[5], flags[10], flags[11]
     T = gates.shape[0]
-    H = dc.shape[1]
+    H = ds.shape[1]
     P = dh.shape[1]
     GH = G * H
     oi, of, og, oo = flags[6] * H, flags[7] * H, flags[8] * H, flags[9] * H
@@ -275,8 +348,13 @@ def lstm_backward(
     dpi, dpf, dpo = dpeep[0], dpeep[1], dpeep[2]
     one = peep.dtype.type(1.0)
     dhf = dh.reshape(-1)
-    dcf = dc.reshape(-1)
+    dsf = ds.reshape(-1)
     dm = zdm if proj else dhf  # δm_t: through the projection (P1), else δh_t itself
+    zon_s, zon_h, rec_d, upd_d = mflags[0], mflags[1], mflags[2], mflags[3]
+    zu, zd, zsc, gu = zm[0], zm[1], zm[2], zm[3]  # u, d^s, d^s ⊙ δs_t^carry, u ⊙ g
+    _zhd, zhc = zp[0], zp[1]  # d^h, d^h ⊙ δh_t
+    if not upd_d:
+        gu = gg  # without update dropout u ⊙ g is g
     pk = prepare_pack(packed, N, nlive[0], P, GH, w_hh, P)
     pkr = prepare_pack(packed if proj else PLAIN, N, nlive[0], H, P, w_hr, H)
     old_threads = step_threads(nlive[0], GH, P)
@@ -290,12 +368,17 @@ def lstm_backward(
             base = j * H
             row = gates[pos, b]
             if t == 0:
-                copy(zsp, base, c0[b], 0, H)
+                copy(zsp, base, s0[b], 0, H)
                 copy(hprev[pos, b], 0, h0[b], 0, P)
             else:
-                copy(zsp, base, cs[pp, b], 0, H)
+                copy(zsp, base, ss[pp, b], 0, H)
                 copy(hprev[pos, b], 0, out[pp, b], 0, P)
-            copy(zst, base, cs[pos, b], 0, H)
+            if rec_d:  # (R1): the product read m ⊙ h_{t−1}, and so does δW_hh
+                hp = hprev[pos, b]
+                mr = rdm[b]
+                for k in range(P):
+                    hp[k] = mr[k] * hp[k]
+            copy(zst, base, ss[pos, b], 0, H)
             if has_i:
                 copy(gi, base, row, oi, H)
             if own_f:
@@ -303,10 +386,20 @@ def lstm_backward(
             copy(gg, base, row, og, H)
             if has_o:
                 copy(go, base, row, oo, H)
+            if upd_d:
+                copy(zu, base, udm[pos, b], 0, H)
+            if zon_s:
+                copy(zd, base, zsm[pos, b], 0, H)
             dhj = dh[j]
             do = dout[pos, b]
             for k in range(P):  # (B1) ∂L/∂h_t: from above and from step t + 1
                 dhj[k] += do[k]
+            if zon_h:  # (ZB1) δh̃_t = (1 − d^h) ⊙ δh_t; d^h ⊙ δh_t goes to h_{t−1}
+                dr = zhm[pos, b]
+                pb = j * P
+                for k in range(P):
+                    zhc[pb + k] = dr[k] * dhj[k]
+                    dhj[k] = (one - dr[k]) * dhj[k]
             if proj:
                 copy(dhs[pos, b], 0, dhj, 0, P)
         if proj:  # (P1) δm_t = δh_t W_hr
@@ -320,6 +413,12 @@ def lstm_backward(
             gf[:m] = one
         if not has_o:
             go[:m] = one
+        if upd_d:  # (UB1) u ⊙ g, the update that entered s̃_t
+            for q in range(m):
+                gu[q] = gg[q] * zu[q]
+        if zon_s:  # (ZB2) s̃_t = f ⊙ s_{t−1} + i ⊙ (u ⊙ g), recomputed (ss holds s_t)
+            for q in range(m):
+                zst[q] = gf[q] * zsp[q] + gi[q] * gu[q]
         copy(zphi, 0, zst, 0, m)
         if act_out == 0:
             vtanh(zphi, m)  # φ_out(s_t), recomputed rather than stored
@@ -336,12 +435,16 @@ def lstm_backward(
                 zdao[q] = dm[q] * zphi[q] * go[q] * (one - go[q])
         else:
             zdao[:m] = 0.0
+        if zon_s:  # (ZB3) δs_t^carry splits: (1 − d^s) ⊙ it to s̃_t, d^s ⊙ it to s_{t−1}
+            for q in range(m):
+                zsc[q] = zd[q] * dsf[q]
+                dsf[q] = (one - zd[q]) * dsf[q]
         if act_out == 0:  # (B3) δs = δs_{t+1}-carry + δm ⊙ o ⊙ φ_out'(s_t) + δo ⊙ p_o
             for q in range(m):
-                zds[q] = dcf[q] + dm[q] * go[q] * (one - zphi[q] * zphi[q])
+                zds[q] = dsf[q] + dm[q] * go[q] * (one - zphi[q] * zphi[q])
         else:
             for q in range(m):
-                zds[q] = dcf[q] + dm[q] * go[q]
+                zds[q] = dsf[q] + dm[q] * go[q]
         for j in range(n):
             base = j * H
             for k in range(H):
@@ -349,10 +452,10 @@ def lstm_backward(
         if has_i:  # (B5) δi = δs ⊙ g (− δs ⊙ s_{t−1} if f = 1 − i), δa_i = δi ⊙ i(1 − i)
             if coupled:
                 for q in range(m):
-                    zdai[q] = zds[q] * (gg[q] - zsp[q]) * gi[q] * (one - gi[q])
+                    zdai[q] = zds[q] * (gu[q] - zsp[q]) * gi[q] * (one - gi[q])
             else:
                 for q in range(m):
-                    zdai[q] = zds[q] * gg[q] * gi[q] * (one - gi[q])
+                    zdai[q] = zds[q] * gu[q] * gi[q] * (one - gi[q])
         else:
             zdai[:m] = 0.0
         if own_f:  # (B6) δa_f = δs ⊙ s_{t−1} ⊙ f(1 − f)
@@ -362,16 +465,29 @@ def lstm_backward(
             zdaf[:m] = 0.0
         for j in range(n):  # (B7) δs_{t−1} = δs ⊙ f + δa_i ⊙ p_i + δa_f ⊙ p_f
             base = j * H
-            dcj = dc[j]
+            dsj = ds[j]
             for k in range(H):
                 q = base + k
-                dcj[k] = zds[q] * gf[q] + zdai[q] * pi[k] + zdaf[q] * pf[k]
+                dsj[k] = zds[q] * gf[q] + zdai[q] * pi[k] + zdaf[q] * pf[k]
+            if zon_s:  # (ZB3) the zoned-out share of δs_t reaches s_{t−1} directly
+                for k in range(H):
+                    dsj[k] += zsc[base + k]
             for k in range(H):  # (B8) peephole gradients
                 dpi[k] += zdai[base + k] * zsp[base + k]
                 dpf[k] += zdaf[base + k] * zsp[base + k]
                 dpo[k] += zdao[base + k] * zst[base + k]
             sr = dst[j]
-            if act_in == 0:  # (B4) δa_g = δs ⊙ i ⊙ φ_in'(a_g)
+            if upd_d:  # (UB2) δa_g = δs ⊙ i ⊙ u ⊙ φ_in'(a_g)
+                for k in range(H):
+                    q = base + k
+                    dgu = zds[q] * gi[q] * zu[q]
+                    if act_in == 0:
+                        sr[og + k] = dgu * (one - gg[q] * gg[q])
+                    elif act_in == 1:
+                        sr[og + k] = dgu * gg[q] * (one - gg[q])
+                    else:
+                        sr[og + k] = dgu
+            elif act_in == 0:  # (B4) δa_g = δs ⊙ i ⊙ φ_in'(a_g)
                 for k in range(H):
                     q = base + k
                     sr[og + k] = zds[q] * gi[q] * (one - gg[q] * gg[q])
@@ -393,6 +509,17 @@ def lstm_backward(
             pos = t if rev == 0 else lengths[b] - 1 - t
             copy(dA[pos, b], 0, sr, 0, GH)
         step_gemm(pk, packed, N, N, n, P, GH, dst, GH, w_hh, P, 0.0, dh, P, si, sf)  # (B9) δh_{t−1}
+        if rec_d or zon_h:
+            for j in range(n):
+                dhj = dh[j]
+                if rec_d:  # (RB1) δh_{t−1}^rec = (δA_t W_hh) ⊙ m
+                    mr = rdm[perm[j]]
+                    for k in range(P):
+                        dhj[k] = mr[k] * dhj[k]
+                if zon_h:  # (ZB1) + d^h ⊙ δh_t
+                    pb = j * P
+                    for k in range(P):
+                        dhj[k] += zhc[pb + k]
     restore_threads(old_threads)
 
 
@@ -405,24 +532,26 @@ class LSTMKernel:
 
     @staticmethod
     def forward(call, x, state, weights):
-        h0, c0 = state
+        h0, s0 = state
         w = weights
         T, B, _ = x.shape
         GH, P = w.w_hh.shape
-        H = c0.shape[1]
+        H = s0.shape[1]
         dtype = x.dtype
         order, bf16 = call.order, call.bf16
         x2 = x.reshape(T * B, -1)
         bias = w.b_ih if w.b_hh is None else (w.b_hh if w.b_ih is None else w.b_ih + w.b_hh)
         gx = input_products(x2, w.w_ih, bias, bf16).view(T, B, GH)  # all steps in one product
         h = order.sort(h0)
-        c = order.sort(c0)
+        s = order.sort(s0)
         out = order.buffer(T, B, P, dtype=dtype)
-        cs = torch.empty(T, B, H, dtype=dtype)  # read only at live steps
+        ss = torch.empty(T, B, H, dtype=dtype)  # read only at live steps
         work = torch.empty(B, GH, dtype=dtype)
         z = torch.empty(5, B * H, dtype=dtype)
         si, sf = scratch(dtype)
         perm, lens, nlive = order.arrays()
+        mflags, zsm, zhm, rdm, udm = _masks(call.masks, dtype)
+        hm = torch.empty(B, P, dtype=dtype) if mflags[1] or mflags[2] else _DUMMY2[dtype]
         lstm_forward(
             np_(gx),
             np_(w.w_hh),
@@ -435,29 +564,35 @@ class LSTMKernel:
             int(call.reverse),
             order.packed(dtype, bf16),
             np_(h),
-            np_(c),
+            np_(s),
             np_(out),
-            np_(cs),
+            np_(ss),
             np_(work),
             np_(z),
             si,
             sf,
+            mflags,
+            zsm,
+            zhm,
+            rdm,
+            udm,
+            np_(hm),
         )
-        return out, (order.unsort(h), order.unsort(c)), (gx, cs)
+        return out, (order.unsort(h), order.unsort(s)), (gx, ss)
 
     @staticmethod
     def backward(call, x, state, weights, out, final, saved, dout, dfinal, needs):
-        h0, c0 = state
+        h0, s0 = state
         w = weights
-        gates, cs = saved
+        gates, ss = saved
         order = call.order
         T, B, _ = x.shape
         GH, P = w.w_hh.shape
-        H = c0.shape[1]
+        H = s0.shape[1]
         proj = w.w_hr is not None
         dtype = x.dtype
         dh = order.sort(dfinal[0])
-        dc = order.sort(dfinal[1])
+        ds = order.sort(dfinal[1])
         dA = order.buffer(T, B, GH, dtype=dtype)
         hprev = order.buffer(T, B, P, dtype=dtype)
         dhs = order.buffer(T, B, P, dtype=dtype) if proj else torch.empty(1, 1, 1, dtype=dtype)
@@ -467,12 +602,15 @@ class LSTMKernel:
         z = torch.empty(12, B * H, dtype=dtype)
         si, sf = scratch(dtype)
         perm, lens, nlive = order.arrays()
+        mflags, zsm, zhm, rdm, udm = _masks(call.masks, dtype)
+        zm = torch.empty(4, B * H if mflags.any() else 1, dtype=dtype)
+        zp = torch.empty(2, B * P if mflags[1] else 1, dtype=dtype)
         lstm_backward(
             np_(gates),
-            np_(cs),
+            np_(ss),
             np_(out),
             np_(h0),
-            np_(c0),
+            np_(s0),
             np_(w.w_hh),
             np_(_projection(w.w_hr, dtype)),
             np_(_peepholes(w.peep, H, dtype)),
@@ -484,7 +622,7 @@ class LSTMKernel:
             order.packed(dtype, call.bf16),
             np_(dout),
             np_(dh),
-            np_(dc),
+            np_(ds),
             np_(dA),
             np_(hprev),
             np_(dhs),
@@ -494,6 +632,13 @@ class LSTMKernel:
             np_(z),
             si,
             sf,
+            mflags,
+            zsm,
+            zhm,
+            rdm,
+            udm,
+            np_(zm),
+            np_(zp),
         )
         nx, _, nw = needs
         dx, dw_ih, dw_hh, db = flat_weight_grads(
@@ -511,10 +656,39 @@ class LSTMKernel:
             dpeeps,
             dw_hr,
         )
-        return dx, (order.unsort(dh), order.unsort(dc)), grads
+        return dx, (order.unsort(dh), order.unsort(ds)), grads
 
 
 _PEEP_ROW = {"ci": 0, "cf": 1, "co": 2}
+
+#: the regularisers the kernel runs (what :func:`carousel.kernels.features` reports); layer
+#: normalisation runs on the reference path
+FEATURES = frozenset({"zoneout_state", "zoneout_hidden", "recurrent_dropout", "update_dropout"})
+
+_DUMMY2 = {dt: torch.zeros(1, 1, dtype=dt) for dt in (torch.float32, torch.float64)}
+_DUMMY3 = {dt: np.zeros((1, 1, 1), dt) for dt in (np.float32, np.float64)}
+_NP = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def _masks(masks, dtype: torch.dtype) -> tuple:
+    """(mflags, zsm, zhm, rdm, udm) for the kernels: which masks are present and the masks as
+    numpy arrays in ``dtype`` (dummies where absent)."""
+    d3, d2 = _DUMMY3[_NP[dtype]], _DUMMY3[_NP[dtype]][0]
+    if masks is None:
+        return np.zeros(4, np.int64), d3, d3, d2, d3
+
+    def arr(m, dummy):
+        return dummy if m is None else m.detach().to(dtype).contiguous().numpy()
+
+    flags = [m is not None for m in (masks.zoneout_state, masks.zoneout_hidden)]
+    flags += [m is not None for m in (masks.recurrent, masks.update)]
+    return (
+        np.asarray(flags, np.int64),
+        arr(masks.zoneout_state, d3),
+        arr(masks.zoneout_hidden, d3),
+        arr(masks.recurrent, d2),
+        arr(masks.update, d3),
+    )
 
 
 def _projection(w_hr: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:

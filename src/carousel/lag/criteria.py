@@ -29,10 +29,10 @@ def correct(task: str, prediction: Tensor, target: Tensor) -> Tensor:
         target: as :class:`carousel.data.Batch`'s ``target``.
     """
     spec = get_task(task)
-    if spec.kind == "regression":
+    if spec.output == "regression":
         _shape(task, prediction, tuple(target.shape))
         return (prediction - target).abs() < REGRESSION_TOLERANCE
-    if spec.kind == "classification":
+    if spec.output == "classification":
         _shape(task, prediction, (target.size(0), spec.num_outputs))
         onehot = torch.nn.functional.one_hot(target, spec.num_outputs).to(prediction.dtype)
         return ((prediction - onehot).abs() < CLASS_TOLERANCE).all(dim=1)

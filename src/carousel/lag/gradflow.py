@@ -7,10 +7,10 @@ step in our own loop with ``retain_grad`` on every state.  The Elman RNN is meas
 recurrent matrix scaled to a spectral radius below and above 1; the exploding case is also
 trained with and without gradient-norm clipping.  Shapes: T, B, I, H as in :mod:`carousel`.
 
-The training between the two measurements goes through the shared loop (:func:`fit`) in a
-temporary run folder: it is a few minutes inside a measurement, so it is not resumed.  The
-clipping comparison keeps its own few lines of training: it measures what the loop refuses
-by design, training on through non-finite losses, with gradient norms in float64.
+The training between the two measurements, and each run of the clipping comparison, goes
+through the shared loop (:func:`fit`) in a temporary run folder (a few minutes inside a
+measurement, so not resumed); the loop logs every step's loss and gradient norm before
+clipping, and stops a run whose loss or gradient is no longer finite.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from carousel.cells import CELLS
 from carousel.data.tasks import MIN_T, Batch, adding
 from carousel.io import pyplot, save_figure
 from carousel.layers import make_layer
-from carousel.train import Job, TrainSettings, fit, open_run, read_metrics
+from carousel.train import Job, TrainingDiverged, TrainSettings, fit, open_run, read_metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,23 +146,23 @@ def state_gradients(net: Net, x: Tensor, target: Tensor) -> dict[str, Tensor]:
 
 
 class AddingJob(Job):
-    """The training phase for the shared loop: ``train_steps`` batches of fixed-length adding
-    sequences of ``train_T`` steps; evaluated on the probe batch."""
+    """Adding sequences of exactly ``T`` steps for the shared loop, ``steps`` batches drawn
+    from a generator seeded with ``cfg.seed``; evaluated on the probe batch."""
 
     kind = "gradflow"
     unit = "MSE"
     item = "seq"
 
-    def __init__(self, cfg: GradflowConfig, probe: Batch) -> None:
-        self.cfg, self.probe = cfg, probe
+    def __init__(self, cfg: GradflowConfig, probe: Batch, T: int, steps: int) -> None:
+        self.cfg, self.probe, self.T, self.steps = cfg, probe, T, steps
         self.gen = torch.Generator().manual_seed(cfg.seed)
 
     def steps_in_epoch(self, epoch: int) -> int:
-        return self.cfg.train_steps
+        return self.steps
 
     def batches(self, epoch: int, start: int) -> Iterator[Batch]:
-        for _ in range(start, self.cfg.train_steps):
-            yield adding(self.cfg.batch_size, self.cfg.train_T, self.gen, fixed_length=True)
+        for _ in range(start, self.steps):
+            yield adding(self.cfg.batch_size, self.T, self.gen, fixed_length=True)
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, int]:
         return F.mse_loss(model(batch.x), batch.target), self.cfg.batch_size
@@ -174,49 +174,53 @@ class AddingJob(Job):
         return f"probe loss (T = {self.cfg.T}) {scores['loss']:.4g}"
 
 
+@dataclasses.dataclass
+class Trace:
+    """What one training run did, step by step: the loss and the gradient norm before
+    clipping, and the loop's line if it stopped the run as diverged."""
+
+    losses: list[float]
+    norms: list[float]
+    diverged: str | None = None
+
+
+def train(net: Net, job: AddingJob, settings: TrainSettings) -> Trace:
+    """Train ``net`` on ``job`` through the shared loop in a temporary run folder (a few
+    minutes inside a measurement: not resumed); every step is a row of the trace."""
+    diverged = None
+    with tempfile.TemporaryDirectory(prefix="carousel-gradflow-") as tmp:
+        with open_run(Path(tmp) / "run", resume=False) as run:
+            try:
+                fit(net, job, settings, run, progress=False, echo=None)
+            except TrainingDiverged as err:
+                diverged = str(err).split(";")[0]
+            rows = [r for r in read_metrics(run.metrics) if r["kind"] == "train"]
+    return Trace([r["loss"] for r in rows], [r["grad_norm"] for r in rows], diverged)
+
+
 def train_phase(net: Net, cfg: GradflowConfig, probe: Batch) -> list[float]:
-    """``cfg.train_steps`` Adam steps (clipping at ``cfg.clip``) through the shared loop, in a
-    temporary run folder; returns the loss of every step."""
+    """``cfg.train_steps`` Adam steps (clipping at ``cfg.clip``) at ``cfg.train_T``; returns
+    the loss of every step."""
     settings = TrainSettings(
         lr=cfg.lr, clip=cfg.clip, log_every=1, max_loss_factor=0, seed=cfg.seed, threads=cfg.threads
     )
-    with tempfile.TemporaryDirectory(prefix="carousel-gradflow-") as tmp:
-        with open_run(Path(tmp) / "run", resume=False) as run:
-            fit(net, AddingJob(cfg, probe), settings, run, progress=False)
-            return [r["loss"] for r in read_metrics(run.metrics) if r["kind"] == "train"]
+    return train(net, AddingJob(cfg, probe, cfg.train_T, cfg.train_steps), settings).losses
 
 
-def train(
-    net: Net,
-    cfg: GradflowConfig,
-    clip: float | None,
-    gen: torch.Generator,
-    sgd: bool = False,
-    *,
-    steps: int,
-    T: int,
-):
-    """The clipping comparison: ``steps`` Adam (or plain SGD, ``cfg.sgd_lr``) steps on the
-    adding problem of fixed length T, on through non-finite losses; returns per-step (loss,
-    gradient norm before clipping, in float64)."""
-    if sgd:
-        opt: torch.optim.Optimizer = torch.optim.SGD(net.parameters(), lr=cfg.sgd_lr)
-    else:
-        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    losses, norms = [], []
-    for _ in range(steps):
-        batch = adding(cfg.batch_size, T, gen, fixed_length=True)
-        loss = F.mse_loss(net(batch.x), batch.target)
-        opt.zero_grad()
-        loss.backward()
-        params = [p for p in net.parameters() if p.grad is not None]
-        total = torch.linalg.vector_norm(torch.stack([p.grad.double().norm() for p in params]))
-        if clip is not None:
-            nn.utils.clip_grad_norm_(params, clip)
-        opt.step()
-        losses.append(loss.item())
-        norms.append(total.item())
-    return losses, norms
+def clipping_run(net: Net, cfg: GradflowConfig, probe: Batch, sgd: bool, clip: bool) -> Trace:
+    """One run of the clipping comparison: ``cfg.clip_steps`` Adam (or plain SGD at
+    ``cfg.sgd_lr``) steps at ``cfg.T``, clipping the gradient norm at ``cfg.clip`` or not; the
+    loop stops a run whose loss or gradient is no longer finite."""
+    settings = TrainSettings(
+        optimizer="sgd" if sgd else "adam",
+        lr=cfg.sgd_lr if sgd else cfg.lr,
+        clip=cfg.clip if clip else 0.0,
+        log_every=1,
+        max_loss_factor=0,
+        seed=cfg.seed,
+        threads=cfg.threads,
+    )
+    return train(net, AddingJob(cfg, probe, cfg.T, cfg.clip_steps), settings)
 
 
 def run_gradflow(cfg: GradflowConfig, log=print) -> dict:
@@ -225,7 +229,7 @@ def run_gradflow(cfg: GradflowConfig, log=print) -> dict:
     torch.set_num_threads(cfg.threads)
     probe = adding(cfg.batch_size, cfg.T, torch.Generator().manual_seed(cfg.seed + 99), True)
     measured: dict[str, dict[str, dict[str, Tensor]]] = {}
-    clip_runs: dict[str, tuple[list[float], list[float]]] = {}
+    clip_runs: dict[str, Trace] = {}
     for st in settings(cfg):
         torch.manual_seed(cfg.seed)
         net = Net(st.cell, cfg.hidden_size, st.radius)
@@ -237,15 +241,13 @@ def run_gradflow(cfg: GradflowConfig, log=print) -> dict:
         log(_row(st.label, before, after, cfg.T, losses))
         if st.cell == "rnn" and st.radius == cfg.radius_high and cfg.clip_steps > 0:
             for sgd in (False, True):
-                for clip in (cfg.clip, None):
+                for clip in (True, False):
                     net.load_state_dict(init_state)
                     name = f"{'SGD' if sgd else 'Adam'}, " + (
                         f"clip {cfg.clip:g}" if clip else "no clipping"
                     )
-                    gen = torch.Generator().manual_seed(cfg.seed)
-                    run = train(net, cfg, clip, gen, sgd, steps=cfg.clip_steps, T=cfg.T)
-                    clip_runs[name] = run
-                    log(f"  {st.label} trained with {name}: {_clip_summary(*run)}")
+                    clip_runs[name] = trace = clipping_run(net, cfg, probe, sgd, clip)
+                    log(f"  {st.label} trained with {name}: {_clip_summary(trace)}")
     out = Path(cfg.out)
     save_figure(flow_plot(measured, cfg), out, dpi=80)
     log(f"wrote {out}")
@@ -256,15 +258,13 @@ def run_gradflow(cfg: GradflowConfig, log=print) -> dict:
     return {"measured": measured, "clip": clip_runs}
 
 
-def _clip_summary(losses: list[float], norms: list[float]) -> str:
-    bad = [k for k, v in enumerate(losses) if not math.isfinite(v)]
-    end = (
-        f"loss not finite from step {bad[0]} on"
-        if bad
-        else (f"mean loss of the last 20 steps {sum(losses[-20:]) / len(losses[-20:]):.4g}")
-    )
-    finite = [v for v in norms if math.isfinite(v)]
-    return f"{end}; largest finite gradient norm {max(finite, default=math.nan):.3g}"
+def _clip_summary(trace: Trace) -> str:
+    if trace.diverged:
+        end = f"stopped by the loop: {trace.diverged}"
+    else:
+        last = trace.losses[-20:]
+        end = f"mean loss of the last 20 steps {sum(last) / len(last):.4g}"
+    return f"{end}; largest gradient norm {max(trace.norms, default=math.nan):.3g}"
 
 
 def _row(label: str, before: dict, after: dict, T: int, losses: list[float]) -> str:
@@ -310,15 +310,15 @@ def flow_plot(measured: dict, cfg: GradflowConfig):
 def clip_plot(runs: dict, cfg: GradflowConfig):
     plt = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
-    for name, (losses, norms) in runs.items():
-        a.plot(losses, label=name, lw=0.8)
-        b.plot(norms, label=name, lw=0.8)
+    for name, trace in runs.items():
+        a.plot(trace.losses, label=name, lw=0.8)
+        b.plot(trace.norms, label=name, lw=0.8)
     a.set(yscale="log", xlabel="training step", title="training loss (MSE)")
     b.set(yscale="log", xlabel="training step", title="gradient norm before clipping")
     a.legend(fontsize=8)
     fig.suptitle(
         f"Elman RNN, ρ(W_hh) = {cfg.radius_high:g}, adding problem T = {cfg.T} "
-        f"(Adam lr {cfg.lr:g}, SGD lr {cfg.sgd_lr:g}; gaps: not finite)"
+        f"(Adam lr {cfg.lr:g}, SGD lr {cfg.sgd_lr:g}; a curve ends where the run diverged)"
     )
     fig.tight_layout()
     return fig

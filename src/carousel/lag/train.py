@@ -60,22 +60,22 @@ class LagModel(nn.Module):
 
     def forward(self, batch: Batch) -> Tensor:
         """Raw outputs: regression (B,); classification logits (B, C); copy (k, B, C)."""
-        if self.spec.kind == "sequence":
+        if self.spec.output == "sequence":
             out, _ = self.rnn(batch.x)  # (T, B, H)
             return self.head(out[-batch.target.size(0) :])  # (k, B, C)
         _, state = self.rnn(batch.x, lengths=batch.lengths)
         h = state[0] if isinstance(state, tuple) else state  # (1, B, H) at each last real step
         y = self.head(h[-1])  # (B, C)
-        return y.squeeze(1) if self.spec.kind == "regression" else y
+        return y.squeeze(1) if self.spec.output == "regression" else y
 
     def loss(self, raw: Tensor, batch: Batch) -> Tensor:
-        if self.spec.kind == "regression":
+        if self.spec.output == "regression":
             return nn.functional.mse_loss(raw, batch.target)
         return nn.functional.cross_entropy(raw.reshape(-1, raw.size(-1)), batch.target.reshape(-1))
 
     def prediction(self, raw: Tensor) -> Tensor:
         """What the criterion judges: the value, or the class probabilities."""
-        if self.spec.kind == "classification":
+        if self.spec.output == "classification":
             return torch.softmax(raw, dim=-1)
         return raw
 
@@ -120,7 +120,7 @@ def evaluate(model: LagModel, task: str, test: list[Batch]) -> dict[str, float]:
         raw = model(batch)
         pred = model.prediction(raw)
         wrong += int((~correct(task, pred, batch.target)).sum())
-        errs.append(_abs_error(model.spec.kind, pred, batch.target).flatten())
+        errs.append(_abs_error(model.spec.output, pred, batch.target).flatten())
         n = batch.x.size(1)
         loss, count = loss + float(model.loss(raw, batch)) * n, count + n
     model.train(was_training)
@@ -133,10 +133,10 @@ def evaluate(model: LagModel, task: str, test: list[Batch]) -> dict[str, float]:
     }
 
 
-def _abs_error(kind: str, pred: Tensor, target: Tensor) -> Tensor:
-    if kind == "regression":
+def _abs_error(output: str, pred: Tensor, target: Tensor) -> Tensor:
+    if output == "regression":
         return (pred - target).abs()
-    if kind == "classification":
+    if output == "classification":
         return (pred - nn.functional.one_hot(target, pred.size(-1)).to(pred.dtype)).abs()
     return (torch.softmax(pred, -1) - nn.functional.one_hot(target, pred.size(-1))).abs()
 
@@ -154,7 +154,7 @@ class LagJob(Job):
     def __init__(self, cfg: LagConfig, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
         self.spec = get_task(cfg.task)
-        self.unit = "MSE" if self.spec.kind == "regression" else "nats"
+        self.unit = "MSE" if self.spec.output == "regression" else "nats"
         self.test = build_test_set(cfg.task, cfg.T, cfg.test_size, cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.recent: deque[bool] = deque(maxlen=cfg.window)  # judged before their update
