@@ -243,7 +243,13 @@ def _register_native() -> None:
     from carousel.kernels import native
 
     register_backend(
-        Backend("native", native.native_sequence, native.supports, unavailable=native.failure)
+        Backend(
+            "native",
+            native.native_sequence,
+            native.supports,
+            unavailable=native.failure,
+            features=native.features,
+        )
     )
 
 

@@ -88,9 +88,15 @@ BUILDS = (
 )
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-pthread")
 
+
+def disabled_by_environment() -> bool:
+    """``CAROUSEL_NATIVE=0``: the numba kernels serve even where the library is built."""
+    return os.environ.get("CAROUSEL_NATIVE", "").strip() == "0"
+
+
 #: True: never load the library, the numba kernels serve (``CAROUSEL_NATIVE=0`` in the
 #: environment sets it: how the tests, and a user, run the fallback on a machine that built it)
-DISABLED = os.environ.get("CAROUSEL_NATIVE", "") == "0"
+DISABLED = disabled_by_environment()
 
 _lib: ctypes.CDLL | None = None
 _isa: str | None = None
@@ -487,22 +493,33 @@ class NativeLSTMKernel:
 KERNEL = NativeLSTMKernel()
 
 
-def served_natively(x: Tensor, weights) -> bool:
+def served_natively(x: Tensor, weights, masks=None) -> bool:
     """Whether :func:`native_sequence` runs a layer in ``native.cpp``: not with a projection
-    (proj_size; (F8), (P1), (P2) are the numba kernel's) nor under bfloat16 autocast (the
-    numba kernels' bfloat16 products); those go to the numba kernels."""
-    return weights.w_hr is None and not bf16_wanted(x)
+    (proj_size; (F8), (P1), (P2) are the numba kernel's), nor under bfloat16 autocast (the
+    numba kernels' bfloat16 products), nor with the regularisers' masks (zoneout, recurrent
+    dropout: :mod:`carousel.cells.masks`); those go to the numba kernels."""
+    return weights.w_hr is None and masks is None and not bf16_wanted(x)
 
 
-def native_sequence(cell, x, state, weights, lengths, reverse):
+def features(cell: CellOptions) -> frozenset[str]:
+    """The extras (:func:`carousel.backends.needs`) ``backend="native"`` takes: those the numba
+    kernel of the family runs, by handing them to it."""
+    from carousel import kernels
+
+    return kernels.features(cell) if cell.family == "lstm" else frozenset()
+
+
+def native_sequence(cell, x, state, weights, lengths, reverse, masks=None):
     """Run one direction of one LSTM-family layer with the native kernel, through the shared
     autograd of :func:`carousel.kernels.common.run_sequence`; what it does not serve
-    (:func:`served_natively`) runs the numba kernels."""
+    (:func:`served_natively`) runs the numba kernels (the reference path where they cannot
+    load)."""
     _load()
-    if not served_natively(x, weights):
+    if not served_natively(x, weights, masks):
         from carousel import kernels
         from carousel.backends import reference_sequence
 
         run = kernels.fused_sequence if kernels.supports(cell, x) else reference_sequence
-        return run(cell, x, state, weights, lengths, reverse)
+        kw = {} if masks is None else {"masks": masks}
+        return run(cell, x, state, weights, lengths, reverse, **kw)
     return run_sequence(KERNEL, cell, x, state, weights, lengths, reverse)
