@@ -194,14 +194,15 @@ def test_presets_resolve():
 # ---------------------------------------------------------------------------- exact resume
 RESUME_SCRIPT = textwrap.dedent(
     """
-    import os, signal, sys
+    import json, os, signal, sys
     from carousel.lm.config import LMConfig
     from carousel.lm.train import train_lm
 
     data, run, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
     cfg = LMConfig(data=data, hidden_size=16, num_layers=2, dropout=0.3, bptt=10,
                    random_bptt=True, batch_size=4, optimizer="adam", lr=0.01, epochs=3,
-                   log_every=1, checkpoint_every=1, eval_every=4, threads=1, seed=3)
+                   log_every=1, checkpoint_every=1, eval_every=4, threads=1, seed=3,
+                   **json.loads(sys.argv[4]))
 
     def hook(step):
         if step == kill_at:
@@ -213,9 +214,31 @@ RESUME_SCRIPT = textwrap.dedent(
 )
 
 
-def _script_run(corpus, run, kill_at):
+#: every regulariser of the language model and the schedules' state, for the resume test
+REGULARISED = {
+    "zoneout_state": 0.1,
+    "zoneout_hidden": 0.05,
+    "recurrent_dropout": 0.2,
+    "update_dropout": 0.1,
+    "weight_drop": 0.2,
+    "embed_dropout": 0.1,
+    "warmup_steps": 3,
+    "lr_schedule": "plateau",
+    "lr_decay": 0.5,
+}
+
+
+def _script_run(corpus, run, kill_at, extra=None):
     return subprocess.run(
-        [sys.executable, "-c", RESUME_SCRIPT, str(corpus), str(run), str(kill_at)],
+        [
+            sys.executable,
+            "-c",
+            RESUME_SCRIPT,
+            str(corpus),
+            str(run),
+            str(kill_at),
+            json.dumps(extra or {}),
+        ],
         capture_output=True,
         text=True,
         timeout=240,
@@ -229,16 +252,17 @@ def _rows(run):
     return rows
 
 
-def test_sigkill_and_resume_is_bit_identical(tmp_path, corpus):
+@pytest.mark.parametrize("extra", [{}, REGULARISED], ids=["plain", "regularised"])
+def test_sigkill_and_resume_is_bit_identical(tmp_path, corpus, extra):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    assert _script_run(corpus, straight, -1).returncode == 0
+    assert _script_run(corpus, straight, -1, extra).returncode == 0
     steps = load_checkpoint(straight)[1]["cursor"]["step"]
     assert steps > 12
     kill_at = steps // 2 + 1  # mid-epoch, with dropout, Adam state and random BPTT in play
-    first = _script_run(corpus, killed, kill_at)
+    first = _script_run(corpus, killed, kill_at, extra)
     assert first.returncode == -signal.SIGKILL
     assert load_checkpoint(killed)[1]["cursor"]["step"] == kill_at
-    second = _script_run(corpus, killed, -1)
+    second = _script_run(corpus, killed, -1, extra)
     assert second.returncode == 0, second.stderr
 
     (t1, m1), (t2, m2) = load_checkpoint(straight), load_checkpoint(killed)
@@ -248,6 +272,10 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path, corpus):
     for name in t1:
         assert torch.equal(t1[name], t2[name]), name  # parameters, Adam moments, RNG, state
     assert _rows(straight) == _rows(killed)  # every training and validation loss
+    if extra:
+        lrs = [r["lr"] for r in _rows(straight) if r["kind"] == "train"]
+        assert lrs[:3] == pytest.approx([0.01 / 3, 0.02 / 3, 0.01])  # the warm-up
+        assert min(lrs) < 0.01  # the plateau schedule decayed (the state is in the cursor)
 
 
 def test_ctrl_c_saves_and_evaluates(tmp_path, corpus):

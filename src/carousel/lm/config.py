@@ -29,6 +29,16 @@ class LMConfig(TrainSettings):
         "hidden_size",
         "num_layers",
         "tie_weights",
+        "layer_norm",
+    )
+    #: the cell options among the fields: the recurrent layers' regularisers
+    CELL_OPTIONS: ClassVar[tuple[str, ...]] = (
+        "zoneout_state",
+        "zoneout_hidden",
+        "recurrent_dropout",
+        "update_dropout",
+        "weight_drop",
+        "layer_norm",
     )
 
     # data
@@ -44,6 +54,13 @@ class LMConfig(TrainSettings):
     dropout: float = 0.0  # on non-recurrent connections (Zaremba et al.)
     embed_dropout: float = 0.0  # drops whole words' embeddings (Gal & Ghahramani; AWD-LSTM)
     tie_weights: bool = False  # output layer shares the embedding (needs embed = hidden)
+    # the recurrent layers' regularisers (cell options; training only): see carousel.cells
+    zoneout_state: float = 0.0  # zoneout on the LSTM's internal state s (Krueger et al.)
+    zoneout_hidden: float = 0.0  # zoneout on h
+    recurrent_dropout: float = 0.0  # variational dropout on h_{t-1} (Gal & Ghahramani)
+    update_dropout: float = 0.0  # dropout on the LSTM's cell update g (Semeniuta et al.)
+    weight_drop: float = 0.0  # DropConnect on W_hh, one mask a batch (AWD-LSTM)
+    layer_norm: bool = False  # layer-normalised LSTM (Ba et al.; haste's LayerNormLSTM)
     # optimisation (the loop's fields, with the language model's defaults)
     optimizer: str = "sgd"
     lr: float = 1.0
@@ -61,7 +78,7 @@ class LMConfig(TrainSettings):
         super().validate()
         if self.level not in ("char", "word"):
             raise ValueError(f"level must be 'char' or 'word'; got {self.level!r}")
-        get_cell(self.cell)  # raises for an unknown cell
+        get_cell(self.cell, **self.cell_options())  # an unknown cell or option raises
         if self.precision not in ("float32", "bf16"):
             raise ValueError(f"precision must be 'float32' or 'bf16'; got {self.precision!r}")
         check_at_least(
@@ -83,6 +100,10 @@ class LMConfig(TrainSettings):
                 f"tie_weights needs embed_size = hidden_size = {self.hidden_size}; "
                 f"got embed_size {self.embed_size}"
             )
+
+    def cell_options(self) -> dict[str, float | bool]:
+        """The cell options that differ from the plain cell's (what the layers are given)."""
+        return {k: getattr(self, k) for k in self.CELL_OPTIONS if getattr(self, k)}
 
     @property
     def embed(self) -> int:

@@ -36,7 +36,9 @@ class RNNLM(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.embed_dropout = cfg.embed_dropout
         between = cfg.dropout if cfg.num_layers > 1 else 0.0
-        self.rnn = make_layer(cfg.cell, E, H, num_layers=cfg.num_layers, dropout=between)
+        self.rnn = make_layer(
+            cfg.cell, E, H, num_layers=cfg.num_layers, dropout=between, **cfg.cell_options()
+        )
         self.decoder = nn.Linear(H, vocab_size)
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
         nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
