@@ -409,8 +409,10 @@ def _ln(v, gain, bias=None, eps=1e-5):
     return out if bias is None else out + bias
 
 
-@pytest.mark.parametrize("backend", ["fused", "reference"])
+@pytest.mark.parametrize("backend", ["auto", "fused", "reference"])
 def test_layer_norm_by_hand(backend):
+    """Also through ``auto``: a call without masks (layer norm alone) must still reach a
+    backend that runs layer norm, not one that serves only the plain cell."""
     dtype = torch.float64
     torch.manual_seed(0)
     layer = carousel.LSTM(IN, H, layer_norm=True, backend=backend, dtype=dtype)
