@@ -94,7 +94,7 @@ def test_presets_per_task():
     assert (base.model, base.lstm_size, base.lstm_layers) == ("lstm", 256, 3)
     copy = resolve_config(NTMConfig, "ntm-copy")
     assert copy.epochs * copy.epoch_sequences == 60_000
-    assert (copy.optimizer, copy.lr, copy.momentum) == ("rmsprop", 1e-4, 0.9)  # the paper's
+    assert (copy.optimizer, copy.lr, copy.momentum) == ("rmsprop", 3e-4, 0.9)
 
 
 @pytest.mark.parametrize(
