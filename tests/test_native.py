@@ -186,12 +186,16 @@ def test_the_native_kernel_runs_inside_the_shared_function(monkeypatch):
 
 
 @built
-@pytest.mark.parametrize("case", ["projection", "bf16", "zoneout"])
+@pytest.mark.parametrize("case", ["projection", "bf16", "zoneout", "layer_norm"])
 def test_what_native_does_not_serve_goes_to_numba(case, monkeypatch):
-    """proj_size, bfloat16 autocast, the regularisers' masks: ``backend="native"`` (and so
-    ``auto``) hands the layer to the numba kernel, which matches the reference as always."""
+    """proj_size, bfloat16 autocast, the regularisers' masks, layer norm: ``backend="native"``
+    (and so ``auto``) hands the layer to the numba kernel, which matches the reference."""
     torch.manual_seed(0)
-    kw = {"projection": {"proj_size": 3}, "zoneout": {"zoneout_state": 0.3}}.get(case, {})
+    kw = {
+        "projection": {"proj_size": 3},
+        "zoneout": {"zoneout_state": 0.3},
+        "layer_norm": {"layer_norm": True},
+    }.get(case, {})
     ran = _Kernels(monkeypatch)
     nat = carousel.LSTM(4, 6, bidirectional=True, backend="native", **kw)
     ref = carousel.LSTM(4, 6, bidirectional=True, backend="fused", **kw)

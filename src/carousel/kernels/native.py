@@ -495,10 +495,12 @@ KERNEL = NativeLSTMKernel()
 
 def served_natively(x: Tensor, weights, masks=None) -> bool:
     """Whether :func:`native_sequence` runs a layer in ``native.cpp``: not with a projection
-    (proj_size; (F8), (P1), (P2) are the numba kernel's), nor under bfloat16 autocast (the
-    numba kernels' bfloat16 products), nor with the regularisers' masks (zoneout, recurrent
-    dropout: :mod:`carousel.cells.masks`); those go to the numba kernels."""
-    return weights.w_hr is None and masks is None and not bf16_wanted(x)
+    (proj_size; (F8), (P1), (P2) are the numba kernel's), nor with layer norm (the weights'
+    ``ln``), nor under bfloat16 autocast (the numba kernels' bfloat16 products), nor with the
+    regularisers' masks (zoneout, recurrent dropout: :mod:`carousel.cells.masks`); those go to
+    the numba kernels."""
+    plain = weights.w_hr is None and not getattr(weights, "ln", None) and masks is None
+    return plain and not bf16_wanted(x)
 
 
 def features(cell: CellOptions) -> frozenset[str]:
