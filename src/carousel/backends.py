@@ -248,7 +248,6 @@ def _register_native() -> None:
             native.native_sequence,
             native.supports,
             unavailable=native.failure,
-            features=native.features,
         )
     )
 

@@ -498,17 +498,10 @@ def served_natively(x: Tensor, weights, masks=None) -> bool:
     (proj_size; (F8), (P1), (P2) are the numba kernel's), nor with layer norm (the weights'
     ``ln``), nor under bfloat16 autocast (the numba kernels' bfloat16 products), nor with the
     regularisers' masks (zoneout, recurrent dropout: :mod:`carousel.cells.masks`); those go to
-    the numba kernels."""
+    the numba kernels.  (The backend declares no features, so ``auto`` sends calls with masks
+    or layer norm to ``"fused"`` directly; the check here is for a direct call.)"""
     plain = weights.w_hr is None and not getattr(weights, "ln", None) and masks is None
     return plain and not bf16_wanted(x)
-
-
-def features(cell: CellOptions) -> frozenset[str]:
-    """The extras (:func:`carousel.backends.needs`) ``backend="native"`` takes: those the numba
-    kernel of the family runs, by handing them to it."""
-    from carousel import kernels
-
-    return kernels.features(cell) if cell.family == "lstm" else frozenset()
 
 
 def native_sequence(cell, x, state, weights, lengths, reverse, masks=None):
