@@ -39,9 +39,18 @@ def _options(family: str, rates: dict) -> dict:
 def _pair(name, dtype, **kw):
     torch.manual_seed(1)
     ref = carousel.make_layer(name, IN, H, backend="reference", dtype=dtype, **kw)
+    _move_layer_norm(ref)
     fused = carousel.make_layer(name, IN, H, backend="fused", dtype=dtype, **kw)
     fused.load_state_dict(ref.state_dict())
     return ref, fused
+
+
+def _move_layer_norm(layer):
+    """Layer norm's gains and biases away from their start (1, 0), so that each one counts."""
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            if "_ln_" in name:
+                p.uniform_(0.5, 1.5) if name.startswith("weight") else p.uniform_(-0.5, 0.5)
 
 
 def _run(layer, x, hx, lengths, weights, seed=7):
@@ -56,7 +65,9 @@ def _run(layer, x, hx, lengths, weights, seed=7):
     return (y, *states, *got)
 
 
-def _check(name, dtype, rates, bidirectional=True, num_layers=2, ragged=True, **kw):
+def _check(name, dtype, rates, bidirectional=True, num_layers=2, ragged=True, tol=None, **kw):
+    """The fused layer against the reference twin with the same masks: outputs, final states,
+    every gradient; and the masks (or layer norm) change the plain cell's outputs."""
     cell = carousel.CELLS[name]
     ref, fused = _pair(
         name,
@@ -81,9 +92,18 @@ def _check(name, dtype, rates, bidirectional=True, num_layers=2, ragged=True, **
     expected = _run(ref, x, hx, lengths, weights)
     got = _run(fused, x, hx, lengths, weights)
     for a, b in zip(got, expected, strict=True):
-        torch.testing.assert_close(a, b, **TOL[dtype])
-    plain = _run(fused.eval(), x, hx, lengths, weights)
-    assert not torch.allclose(plain[0], got[0]), "the masks changed nothing"
+        if tol is None:
+            torch.testing.assert_close(a, b, **TOL[dtype])
+        else:  # relative to the tensor's largest entry
+            assert (a - b).abs().max() <= tol * b.abs().max() + 1e-6
+    plain = carousel.make_layer(
+        name, IN, H, num_layers=num_layers, bidirectional=bidirectional, dtype=dtype, **kw
+    )
+    if not ref.cell.layer_norm_on:
+        plain.load_state_dict(ref.state_dict())
+        assert not torch.allclose(_run(plain, x, hx, lengths, weights)[0], got[0]), (
+            "the masks changed nothing"
+        )
 
 
 # ----------------------------------------------------------------- fused == reference
@@ -103,6 +123,22 @@ def test_every_lstm_variant_all_regularisers_float64(name):
 @pytest.mark.parametrize("name", list(carousel.LSTM_VARIANTS))
 def test_every_lstm_variant_all_regularisers_projection(name):
     _check(name, torch.float64, ALL_RATES, proj_size=3)
+
+
+@pytest.mark.parametrize("proj", [0, 3], ids=["P0", "P3"])
+@pytest.mark.parametrize("rates", [{}, ALL_RATES], ids=["alone", "with-all-five"])
+@pytest.mark.parametrize("name", list(carousel.LSTM_VARIANTS))
+def test_layer_norm_every_lstm_variant_float64(name, rates, proj):
+    _check(name, torch.float64, rates, layer_norm=True, proj_size=proj)
+
+
+@pytest.mark.parametrize("ragged", [False, True], ids=["equal", "ragged"])
+def test_layer_norm_float32(ragged):
+    """float32 to 1e-4 of each tensor's largest entry: 1/σ of a 4-unit row amplifies the
+    products' rounding (float64 above holds to 1e-10)."""
+    tol = 1e-4
+    _check("lstm", torch.float32, ALL_RATES, ragged=ragged, tol=tol, layer_norm=True)
+    _check("peephole", torch.float32, {}, ragged=ragged, tol=tol, layer_norm=True, proj_size=2)
 
 
 @pytest.mark.parametrize("rates", SINGLE, ids=list(ALL_RATES))
@@ -181,6 +217,9 @@ def test_backends_with_explicit_masks(name, eval_rate, reverse):
         ("cifg", {"proj_size": 2}),
         ("lstm1997", {"input_activation": "sigmoid"}),
         ("noaf", {"proj_size": 2}),
+        ("lstm", {"layer_norm": True}),
+        ("peephole", {"layer_norm": True, "proj_size": 2}),
+        ("niaf", {"layer_norm": True}),
     ],
 )
 def test_gradcheck_fused_with_masks(name, kw):
@@ -191,6 +230,7 @@ def test_gradcheck_fused_with_masks(name, kw):
     layer = carousel.make_layer(
         name, 2, 3, backend="fused", dtype=dtype, bidirectional=True, **ALL_RATES, **kw
     )
+    _move_layer_norm(layer)
     names = [n for n, _ in layer.named_parameters()]
     x = torch.randn(4, 3, 2, dtype=dtype, requires_grad=True)
     sizes = layer.state_sizes()
@@ -206,6 +246,29 @@ def test_gradcheck_fused_with_masks(name, kw):
         return out, h, c
 
     assert torch.autograd.gradcheck(f, (x, *hx, *params), check_batched_grad=False)
+
+
+@pytest.mark.parametrize("name", ["gru", "rnn"])
+def test_gradcheck_fused_gru_rnn_with_masks(name):
+    """GRU and RNN with what their kernels run (zoneout on h for the GRU, recurrent dropout,
+    DropConnect; the RNN's zoneout goes to the reference path, checked all the same)."""
+    torch.manual_seed(3)
+    dtype = torch.float64
+    rates = _options("gru", ALL_RATES)
+    layer = carousel.make_layer(name, 2, 3, dtype=dtype, bidirectional=True, **rates)
+    names = [n for n, _ in layer.named_parameters()]
+    x = torch.randn(4, 3, 2, dtype=dtype, requires_grad=True)
+    h0 = torch.randn(2, 3, 3, dtype=dtype, requires_grad=True)
+    params = [p.detach().clone().requires_grad_() for p in layer.parameters()]
+    lengths = torch.tensor([4, 2, 3])
+
+    def f(x, h0, *ps):
+        torch.manual_seed(11)
+        return torch.func.functional_call(
+            layer, dict(zip(names, ps)), (x, h0), {"lengths": lengths}
+        )
+
+    assert torch.autograd.gradcheck(f, (x, h0, *params), check_batched_grad=False)
 
 
 def test_second_derivative_with_masks():
@@ -346,15 +409,14 @@ def _ln(v, gain, bias=None, eps=1e-5):
     return out if bias is None else out + bias
 
 
-@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("backend", ["auto", "fused", "reference"])
 def test_layer_norm_by_hand(backend):
+    """Also through ``auto``: a call without masks (layer norm alone) must still reach a
+    backend that runs layer norm, not one that serves only the plain cell."""
     dtype = torch.float64
     torch.manual_seed(0)
     layer = carousel.LSTM(IN, H, layer_norm=True, backend=backend, dtype=dtype)
-    with torch.no_grad():  # gains and biases away from their start (1, 0)
-        for name, p in layer.named_parameters():
-            if "_ln_" in name:
-                p.uniform_(0.5, 1.5) if name.startswith("weight") else p.uniform_(-0.5, 0.5)
+    _move_layer_norm(layer)
     p = dict(layer.named_parameters())
     x = torch.randn(T, B, IN, dtype=dtype)
     got, (_h_n, c_n) = layer(x)
@@ -383,16 +445,20 @@ def test_layer_norm_parameters_and_init():
         assert torch.equal(p[f"bias_ln_c{sfx}"], torch.zeros(H))
 
 
-def test_layer_norm_runs_on_the_reference_path():
-    """The fused kernels do not run layer norm: auto falls back to the reference path (and
-    gives the same numbers), and asking for the fused backend by name is an error."""
-    torch.manual_seed(0)
+def test_layer_norm_runs_fused_and_falls_back_without_the_kernel(monkeypatch):
+    """auto runs layer norm on the fused kernel; a fused kernel that lacks it (its module's
+    FEATURES) sends auto to the reference path and makes backend="fused" an error."""
+    from carousel.kernels import lstm as lstm_kernel
+
     x = torch.randn(T, B, IN)
     cell = carousel.get_cell("lstm", layer_norm=True)
+    assert select_backend("auto", cell, x, frozenset({"layer_norm"})).name == "fused"
+    monkeypatch.setattr(lstm_kernel, "FEATURES", lstm_kernel.FEATURES - {"layer_norm"})
     assert select_backend("auto", cell, x, frozenset({"layer_norm"})).name == "reference"
-    layer = carousel.LSTM(IN, H, layer_norm=True, zoneout_state=0.2)
     with pytest.raises(carousel.ArgumentError, match="cannot run layer_norm"):
         carousel.LSTM(IN, H, layer_norm=True, backend="fused")(x)
+    torch.manual_seed(0)
+    layer = carousel.LSTM(IN, H, layer_norm=True, zoneout_state=0.2)
     ref = carousel.LSTM(IN, H, layer_norm=True, zoneout_state=0.2, backend="reference")
     ref.load_state_dict(layer.state_dict())
     torch.manual_seed(1)

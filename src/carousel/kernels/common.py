@@ -232,11 +232,12 @@ class Call:
     bf16: bool  # products in bfloat16 (CPU bfloat16 autocast)
     store: bool  # keep what the backward needs (False in inference)
     masks: Masks | None = None  # the regularisers' masks (carousel.cells.masks), or none
+    ln_names: tuple[str, ...] = ()  # the order of the layer-norm parameters (LSTM layer_norm)
 
     @property
     def n_flat(self) -> int:
         """Tensors (or Nones) of one direction in the flat layout."""
-        return 1 + self.n_state + 5 + len(self.peep_names)
+        return 1 + self.n_state + 5 + len(self.peep_names) + len(self.ln_names)
 
     @property
     def n_out(self) -> int:
@@ -244,18 +245,22 @@ class Call:
         return 1 + self.n_state + self.kernel.n_saved
 
     def flatten(self, x, state, weights) -> tuple:
-        """(x, state, weights) -> x, *state, w_ih, w_hh, b_ih, b_hh, w_hr, *peepholes."""
+        """(x, state, weights) -> x, *state, w_ih, w_hh, b_ih, b_hh, w_hr, *peepholes,
+        *layer-norm parameters."""
         w = weights
         peep = tuple(w.peep[name] for name in self.peep_names)
-        return (x, *state, w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr, *peep)
+        ln = tuple(w.ln[name] for name in self.ln_names)
+        return (x, *state, w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr, *peep, *ln)
 
     def unflatten(self, flat: Sequence) -> tuple:
         """The inverse of :meth:`flatten` (for tensors, gradients or bools alike)."""
         k = 1 + self.n_state
         x, state = flat[0], tuple(flat[1:k])
         w_ih, w_hh, b_ih, b_hh, w_hr = flat[k : k + 5]
-        peep = dict(zip(self.peep_names, flat[k + 5 :]))
-        return x, state, LayerWeights(w_ih, w_hh, b_ih, b_hh, peep, w_hr)
+        n_peep = len(self.peep_names)
+        peep = dict(zip(self.peep_names, flat[k + 5 : k + 5 + n_peep]))
+        ln = dict(zip(self.ln_names, flat[k + 5 + n_peep :])) if self.ln_names else None
+        return x, state, LayerWeights(w_ih, w_hh, b_ih, b_hh, peep, w_hr, ln)
 
     def folded(self, V: int) -> Call:
         """This call for V copies of its batch side by side (copy v's sequence b at v·B + b)."""
@@ -295,7 +300,7 @@ def run_pair(
 
 def make_call(kernel, cell, x, state, weights, lengths, reverse, masks=None) -> Call:
     tensors = (x, *state, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, weights.w_hr)
-    tensors += tuple(weights.peep.values())
+    tensors += tuple(weights.peep.values()) + tuple((weights.ln or {}).values())
     store = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     T, B = x.shape[:2]
     return Call(
@@ -309,6 +314,7 @@ def make_call(kernel, cell, x, state, weights, lengths, reverse, masks=None) -> 
         bf16=bf16_wanted(x),
         store=store,
         masks=masks,
+        ln_names=tuple(weights.ln or ()),
     )
 
 

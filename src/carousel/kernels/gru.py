@@ -21,10 +21,23 @@ recurrent product (it starts at δh_n):
     (GB6) δh_{t−1}^rec = z ⊙ δh_t + δA_h W_hh                    the direct path plus one GEMM
     (GB7) δX = δA_x W_ih,  δW_ih = δA_xᵀ X,  δb_ih = Σ δA_x,  δW_hh = δA_hᵀ H_prev,  δb_hh = Σ δA_h
 
-H_prev (T·B, H) holds the h_{t−1} each step read.  The structure is the LSTM kernel's
-(:mod:`carousel.kernels.lstm`): input products for all steps before the loop, per step one
-MKL GEMM over the live rows and one fused elementwise pass, and (GB7) as products over all
-steps; lengths, direction and bfloat16 products as ``docs/bptt.md`` describes for every family.
+H_prev (T·B, H) holds the h_{t−1} each step read.
+
+Regularisers (the masks of :mod:`carousel.cells.masks`; absent in the plain cell):
+variational recurrent dropout, one mask m (B, H) per sequence, and zoneout on h, d^h per
+step and unit; h̃_t is what (G4) gives:
+
+    (GR1) the recurrent products of (G1)–(G3) read m ⊙ h_{t−1}; the carry z ⊙ h_{t−1} of (G4)
+          and (GB3) keep h_{t−1} itself
+    (GZ1) h_t = d^h ⊙ h_{t−1} + (1 − d^h) ⊙ h̃_t
+    (GZB) δh̃_t = (1 − d^h) ⊙ δh_t takes δh_t's place in (GB2)–(GB6); δh_{t−1}^rec gains
+          d^h ⊙ δh_t
+    (GRB) (GB6) is z ⊙ δh̃_t + (δA_h W_hh) ⊙ m, and H_prev in (GB7) holds m ⊙ h_{t−1}
+
+The structure is the LSTM kernel's (:mod:`carousel.kernels.lstm`): input products for all
+steps before the loop, per step one MKL GEMM over the live rows and one fused elementwise
+pass, and (GB7) as products over all steps; lengths, direction and bfloat16 products as
+``docs/bptt.md`` describes for every family.
 
 Shapes follow the legend in :mod:`carousel`: T, B, I, H, G = 3.
 """
@@ -32,6 +45,7 @@ Shapes follow the legend in :mod:`carousel`: T, B, I, H, G = 3.
 from __future__ import annotations
 
 import numba
+import numpy as np
 import torch
 
 from carousel.backends import LayerWeights
@@ -56,12 +70,17 @@ from carousel.kernels.common import (
 
 
 @numba.njit(**JIT)
-def gru_forward(gx, w_hh, b_hn, perm, lengths, nlive, rev, packed, h, out, ghn, work, z, si, sf):
+def gru_forward(
+    gx, w_hh, b_hn, perm, lengths, nlive, rev, packed, h, out, ghn, work, z, si, sf,
+    mflags, zhm, rdm, hm,
+):  # fmt: skip
     """The forward time loop.
 
     gx (T, B, 3H): in, W_ih x + b_ih + (b_hr, b_hz, 0); out, the activations r, z, n.
     w_hh (3H, H); b_hn (H,).  h (B, H): initial state in kernel order, on return the final.
     out (T, B, H) zeros: h_t.  ghn (T, B, H): W_hn h_{t−1} + b_hn.  work (B, 3H), z (4, B·H).
+    mflags (zoneout on h, recurrent dropout), zhm (T, B, H), rdm (B, H): the masks (dummies
+    where absent); hm (B, H): scratch.
     Short loops over contiguous rows, in the arrays' dtype, so that they vectorise.
     """
     T = gx.shape[0]
@@ -70,12 +89,21 @@ def gru_forward(gx, w_hh, b_hn, perm, lengths, nlive, rev, packed, h, out, ghn, 
     one = b_hn.dtype.type(1.0)
     hf = h.reshape(-1)
     pk = prepare_pack(packed, TR, nlive[0], 3 * H, H, w_hh, H)
+    zon_h, rec_d = mflags[0], mflags[1]
     old_threads = step_threads(nlive[0], 3 * H, H)
     for t in range(T):
         n = nlive[t]
         m = n * H
-        # (n, 3H)
-        step_gemm(pk, packed, N, TR, n, 3 * H, H, h, H, w_hh, H, 0.0, work, 3 * H, si, sf)
+        if rec_d:  # (GR1) the products read m ⊙ h_{t−1}
+            for j in range(n):
+                mr = rdm[perm[j]]
+                hj = h[j]
+                hmj = hm[j]
+                for k in range(H):
+                    hmj[k] = mr[k] * hj[k]
+            step_gemm(pk, packed, N, TR, n, 3 * H, H, hm, H, w_hh, H, 0.0, work, 3 * H, si, sf)
+        else:  # (n, 3H)
+            step_gemm(pk, packed, N, TR, n, 3 * H, H, h, H, w_hh, H, 0.0, work, 3 * H, si, sf)
         for j in range(n):
             b = perm[j]
             pos = t if rev == 0 else lengths[b] - 1 - t
@@ -100,8 +128,20 @@ def gru_forward(gx, w_hh, b_hn, perm, lengths, nlive, rev, packed, h, out, ghn, 
         for q in range(m):  # (G3)
             zn[q] += zr[q] * zgh[q]
         vtanh(zn, m)
-        for q in range(m):  # (G4)
-            hf[q] = (one - zz[q]) * zn[q] + zz[q] * hf[q]
+        if zon_h:  # (G4), then (GZ1) h_t = d ⊙ h_{t−1} + (1 − d) ⊙ h̃_t
+            for j in range(n):
+                b = perm[j]
+                pos = t if rev == 0 else lengths[b] - 1 - t
+                dr = zhm[pos, b]
+                hj = h[j]
+                base = j * H
+                for k in range(H):
+                    q = base + k
+                    new = (one - zz[q]) * zn[q] + zz[q] * hj[k]
+                    hj[k] = dr[k] * hj[k] + (one - dr[k]) * new
+        else:
+            for q in range(m):  # (G4)
+                hf[q] = (one - zz[q]) * zn[q] + zz[q] * hf[q]
         for j in range(n):
             b = perm[j]
             pos = t if rev == 0 else lengths[b] - 1 - t
@@ -136,13 +176,18 @@ def gru_backward(
     z,
     si,
     sf,
+    mflags,
+    zhm,
+    rdm,
+    zp,
 ):
     """The backward time loop: (GB1)–(GB6) of the module docstring.
 
     gates, ghn, out: saved by :func:`gru_forward`; h0 (B, H) batch order.  dout (T, B, H).
     dh (B, H): in ∂L/∂h_n, out ∂L/∂h_0, kernel order.  dax, dah (T, B, 3H) zeros: gradients of
     the input-side and recurrent-side pre-activations.  hprev (T, B, H) zeros.  dst (B, 3H),
-    z (9, B·H): scratch.
+    z (9, B·H): scratch.  mflags, zhm, rdm: the masks, as :func:`gru_forward`; zp (2, B·H):
+    scratch for them.
     """
     T = gates.shape[0]
     H = dh.shape[1]
@@ -152,6 +197,8 @@ def gru_backward(
     one = dh.dtype.type(1.0)
     dhf = dh.reshape(-1)
     pk = prepare_pack(packed, N, nlive[0], H, 3 * H, w_hh, H)
+    zon_h, rec_d = mflags[0], mflags[1]
+    zhc, zrec = zp[0], zp[1]  # d ⊙ δh_t; δA_h W_hh before the mask
     old_threads = step_threads(nlive[0], 3 * H, H)
     for t in range(T - 1, -1, -1):
         n = nlive[t]
@@ -171,10 +218,20 @@ def gru_backward(
             else:
                 copy(zhp, base, out[pp, b], 0, H)
             copy(hprev[pos, b], 0, zhp, base, H)
+            if rec_d:  # (GRB) H_prev holds the products' operand m ⊙ h_{t−1}
+                hp = hprev[pos, b]
+                mr = rdm[b]
+                for k in range(H):
+                    hp[k] = mr[k] * hp[k]
             dhj = dh[j]
             do = dout[pos, b]
             for k in range(H):  # (GB1)
                 dhj[k] += do[k]
+            if zon_h:  # (GZB) δh̃_t = (1 − d) ⊙ δh_t; d ⊙ δh_t goes to h_{t−1}
+                dr = zhm[pos, b]
+                for k in range(H):
+                    zhc[base + k] = dr[k] * dhj[k]
+                    dhj[k] = (one - dr[k]) * dhj[k]
         for q in range(m):  # (GB2)
             dan[q] = dhf[q] * (one - gz[q]) * (one - gn[q] * gn[q])
         for q in range(m):  # (GB3)
@@ -197,8 +254,19 @@ def gru_backward(
             ax = dax[pos, b]
             copy(ax, 0, sr, 0, 2 * H)
             copy(ax, 2 * H, dan, base, H)
-        # (GB6) + δA_h W_hh
-        step_gemm(pk, packed, N, N, n, H, 3 * H, dst, 3 * H, w_hh, H, 1.0, dh, H, si, sf)
+        if rec_d:  # (GRB) + (δA_h W_hh) ⊙ m
+            step_gemm(pk, packed, N, N, n, H, 3 * H, dst, 3 * H, w_hh, H, 0.0, zrec, H, si, sf)
+            for j in range(n):
+                mr = rdm[perm[j]]
+                dhj = dh[j]
+                base = j * H
+                for k in range(H):
+                    dhj[k] += mr[k] * zrec[base + k]
+        else:  # (GB6) + δA_h W_hh
+            step_gemm(pk, packed, N, N, n, H, 3 * H, dst, 3 * H, w_hh, H, 1.0, dh, H, si, sf)
+        if zon_h:  # (GZB) + d ⊙ δh_t
+            for q in range(m):
+                dhf[q] += zhc[q]
     restore_threads(old_threads)
 
 
@@ -233,6 +301,8 @@ class GRUKernel:
         z = torch.empty(4, B * H, dtype=dtype)
         si, sf = scratch(dtype)
         perm, lens, nlive = order.arrays()
+        mflags, zhm, rdm = _masks(call.masks, dtype)
+        hm = torch.empty(B if mflags[1] else 1, H, dtype=dtype)
         gru_forward(
             np_(gx),
             np_(w.w_hh),
@@ -249,6 +319,10 @@ class GRUKernel:
             np_(z),
             si,
             sf,
+            mflags,
+            zhm,
+            rdm,
+            np_(hm),
         )
         return out, (order.unsort(h),), (gx, ghn)
 
@@ -269,6 +343,8 @@ class GRUKernel:
         z = torch.empty(9, B * H, dtype=dtype)
         si, sf = scratch(dtype)
         perm, lens, nlive = order.arrays()
+        mflags, zhm, rdm = _masks(call.masks, dtype)
+        zp = torch.empty(2, B * H if mflags.any() else 1, dtype=dtype)
         gru_backward(
             np_(gates),
             np_(ghn),
@@ -289,6 +365,10 @@ class GRUKernel:
             np_(z),
             si,
             sf,
+            mflags,
+            zhm,
+            rdm,
+            np_(zp),
         )
         nx, _, nw = needs
         dax2, dah2 = dax.view(T * B, 3 * H), dah.view(T * B, 3 * H)  # (GB7), all steps at once
@@ -298,6 +378,28 @@ class GRUKernel:
         dx, dw_ih, _, _ = flat_weight_grads(dax, x, hprev, w.w_ih, (nx, nw.w_ih, 0, 0), bf16)
         _, _, dw_hh, _ = flat_weight_grads(dah, x, hprev, w.w_ih, (0, 0, nw.w_hh, 0), bf16)
         return dx, (order.unsort(dh),), LayerWeights(dw_ih, dw_hh, db_ih, db_hh, {})
+
+
+#: the regularisers the kernel runs (what :func:`carousel.kernels.features` reports)
+FEATURES = frozenset({"zoneout_hidden", "recurrent_dropout"})
+
+
+def _masks(masks, dtype: torch.dtype) -> tuple:
+    """(mflags, zhm, rdm) for the kernels: which masks are present (zoneout on h, recurrent
+    dropout) and the masks as numpy arrays in ``dtype`` (dummies where absent)."""
+    d3 = np.zeros((1, 1, 1), np.float32 if dtype == torch.float32 else np.float64)
+    if masks is None:
+        return np.zeros(2, np.int64), d3, d3[0]
+
+    def arr(m, dummy):
+        return dummy if m is None else m.detach().to(dtype).contiguous().numpy()
+
+    flags = [masks.zoneout_hidden is not None, masks.recurrent is not None]
+    return (
+        np.asarray(flags, np.int64),
+        arr(masks.zoneout_hidden, d3),
+        arr(masks.recurrent, d3[0]),
+    )
 
 
 KERNEL = GRUKernel()

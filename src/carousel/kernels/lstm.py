@@ -4,7 +4,7 @@ One compiled kernel per direction of the time loop serves every variant: the swi
 runtime integers, so numba compiles it once per dtype.  The derivation follows; the code below
 carries its tags ``(F1)…(F8)``, ``(B1)…(B9)``, ``(P1)``, ``(P2)``, ``(B10)`` and the
 regularisers' ``(R1)``, ``(U1)``, ``(Z1)``, ``(Z2)``, ``(ZB1)…(ZB3)``, ``(UB1)``, ``(UB2)``,
-``(RB1)``
+``(RB1)`` and layer norm's ``(L0)…(L2)``, ``(LB1)…(LB3)``
 (``docs/bptt.md`` has the parts
 every family shares: notation, the products over all steps (B10), lengths, bfloat16).
 ⊙ is the elementwise product, σ the logistic function, δv = ∂L/∂v, all vectors (B, H) rows.
@@ -79,7 +79,24 @@ Backward, with δh_t of (B1) and δs_t^carry the gradients of the zoned h_t and 
           m ⊙ h_{t−1}, the product's operand
 
 DropConnect needs no line: the layer hands the kernel W_hh ⊙ M, and autograd takes δW_hh
-through the mask.  Layer normalisation is not in this kernel (it runs on the reference path).
+through the mask.
+
+Layer normalisation (``layer_norm``; Ba et al. 2016 as haste's LayerNormLSTM).  With
+LN(v; γ) = γ ⊙ x̂, x̂ = (v − μ(v))/σ(v), σ = √(mean((v − μ)²) + ε) over a row's units:
+
+    (L0)  gx  = γ_ih ⊙ x̂_ih + b_ih + b_hh,   x̂_ih of W_ih x_t      all steps at once, before
+    (L1)  a   = gx + γ_hh ⊙ x̂_hh,            x̂_hh of v = W_hh h_{t−1}   in place of (F1)
+    (L2)  m_t = o ⊙ φ_out(γ_c ⊙ ŝ_t + β_c),  ŝ_t of s̃_t                in place of (F7)
+
+The forward keeps x̂_ih, x̂_hh, ŝ_t and each row's 1/σ.  The gradient of a normalised row:
+δv = (δx̂ − mean(δx̂) − x̂ ⊙ mean(δx̂ ⊙ x̂))/σ with δx̂ = γ ⊙ δ(LN), and δγ = Σ δ(LN) ⊙ x̂.
+
+    (LB1) δs_t  = δs_t^carry + LN-gradient of δy, δy = δm_t ⊙ o ⊙ φ_out'(γ_c ŝ_t + β_c),
+                  + δa_o ⊙ p_o          in place of (B3);  δγ_c += Σ_b δy ⊙ ŝ_t,  δβ_c += Σ_b δy
+    (LB2) δv_t  = LN-gradient of δA_t through γ_hh, x̂_hh;  δγ_hh += Σ_b δA_t ⊙ x̂_hh;
+                  (B9) reads δv_t: δh_{t−1}^rec = δv_t W_hh, and δW_hh = Σ_t δv_tᵀ H_prev
+    (LB3) δv_ih = LN-gradient of δA through γ_ih, x̂_ih (all steps at once); δX and δW_ih of
+                  (B10) read δv_ih; δγ_ih = Σ δA ⊙ x̂_ih; the biases' gradient stays Σ δA
 
 Why (B3) and (B7) look as they do: s_t reaches the loss through h_t (F7) — directly and through
 the output gate's peephole (F6) — and through step t + 1, where it is s_{t−1} of (F2), (F3)
@@ -102,6 +119,7 @@ import torch
 
 from carousel.backends import LayerWeights
 from carousel.cells import LSTMOptions
+from carousel.cells.lstm import LN_EPS
 from carousel.kernels._mkl import (
     JIT,
     PLAIN,
@@ -159,7 +177,7 @@ def _sigmoid_from_exp(z, m, one):
 @numba.njit(**JIT)
 def lstm_forward(
     gx, w_hh, w_hr, peep, flags, perm, lengths, nlive, rev, packed, h, s, out, ss, work, z, si, sf,
-    mflags, zsm, zhm, rdm, udm, hm,
+    mflags, zsm, zhm, rdm, udm, hm, lnf, lnp, lns,
 ):  # fmt: skip
     """The forward time loop.
 
@@ -173,6 +191,9 @@ def lstm_forward(
     update dropout — and zsm (T, B, H), zhm (T, B, P), rdm (B, P), udm (T, B, H) the masks
     (:mod:`carousel.cells.masks`; dummies where absent), indexed by the sequence's own
     position and batch row; hm (B, P): scratch.
+    lnf: layer normalisation (1) or not; lnp (G·H + 2H,): γ_hh, γ_c, β_c; lns (T, B, L) with
+    L ≥ G·H + H + 2: keeps x̂_hh, ŝ_t, 1/σ_hh and 1/σ_c of each step for the backward (when
+    ``store``).
 
     Every inner loop touches few contiguous arrays, in the arrays' dtype, so LLVM
     vectorises it; a gate a variant lacks is a vector of ones, so the state update is one
@@ -192,6 +213,7 @@ def lstm_forward(
     pk = prepare_pack(packed, TR, nlive[0], GH, P, w_hh, P)
     pkr = prepare_pack(packed if proj else PLAIN, TR, nlive[0], P, H, w_hr, H)
     zon_s, zon_h, rec_d, upd_d = mflags[0], mflags[1], mflags[2], mflags[3]
+    eps = 1e-5  # carousel.cells.lstm.LN_EPS
     old_threads = step_threads(nlive[0], GH, P)
     for t in range(T):
         n = nlive[t]
@@ -211,8 +233,26 @@ def lstm_forward(
             pos = t if rev == 0 else lengths[b] - 1 - t
             row = gx[pos, b]
             wr = work[j]
-            for k in range(GH):
-                wr[k] += row[k]
+            if lnf:  # (L1) a = gx + γ_hh ⊙ x̂_hh, x̂_hh = (v − μ)/σ of v = W_hh h_{t−1}
+                mu = 0.0
+                for k in range(GH):
+                    mu += wr[k]
+                mu /= GH
+                var = 0.0
+                for k in range(GH):
+                    var += (wr[k] - mu) * (wr[k] - mu)
+                r = 1.0 / np.sqrt(var / GH + eps)
+                for k in range(GH):
+                    wr[k] = (wr[k] - mu) * r
+                if store:
+                    lr = lns[pos, b]
+                    copy(lr, 0, wr, 0, GH)
+                    lr[GH + H] = r
+                for k in range(GH):
+                    wr[k] = row[k] + lnp[k] * wr[k]
+            else:
+                for k in range(GH):
+                    wr[k] += row[k]
             sj = s[j]
             base = j * H
             if has_i:
@@ -268,6 +308,27 @@ def lstm_forward(
                 wr = work[j]
                 for k in range(H):
                     zo[base + k] = -(wr[oo + k] + po[k] * zs[base + k])
+        if lnf:  # (L2) φ_out reads γ_c ⊙ ŝ_t + β_c, ŝ_t = (s̃_t − μ)/σ
+            for j in range(n):
+                base = j * H
+                mu = 0.0
+                for k in range(H):
+                    mu += zs[base + k]
+                mu /= H
+                var = 0.0
+                for k in range(H):
+                    var += (zs[base + k] - mu) * (zs[base + k] - mu)
+                r = 1.0 / np.sqrt(var / H + eps)
+                for k in range(H):
+                    zs[base + k] = (zs[base + k] - mu) * r
+                if store:
+                    b = perm[j]
+                    pos = t if rev == 0 else lengths[b] - 1 - t
+                    lr = lns[pos, b]
+                    copy(lr, GH, zs, base, H)
+                    lr[GH + H + 1] = r
+                for k in range(H):
+                    zs[base + k] = lnp[GH + k] * zs[base + k] + lnp[GH + H + k]
         if has_o:  # (F6) o = σ(a_o + p_o ⊙ s_t)
             vexp(zo, m)
             _sigmoid_from_exp(zo, m, one)
@@ -320,7 +381,7 @@ def lstm_forward(
 def lstm_backward(
     gates, ss, out, h0, s0, w_hh, w_hr, peep, flags, perm, lengths, nlive, rev, packed,
     dout, dh, ds, dA, hprev, dhs, ms, dpeep, dst, z, si, sf,
-    mflags, zsm, zhm, rdm, udm, zm, zp,
+    mflags, zsm, zhm, rdm, udm, zm, zp, lnf, lnp, lns, dV, dln, zl, rv,
 ):  # fmt: skip
     """The backward time loop: the δ recursions (B1)–(B9) of the module docstring.
 
@@ -332,7 +393,9 @@ def lstm_backward(
     dhs (T, B, P) and ms (T, B, H) zeros: δh_t and m_t of each step, for δW_hr (P2); dummies
     without.  dpeep (3, H) zeros: the peepholes' gradients.  dst (B, G·H), z (12, B·H):
     scratch.  mflags, zsm, zhm, rdm, udm: the masks, as :func:`lstm_forward`; zm (4, B·H)
-    and zp (2, B·P): scratch for them.
+    and zp (2, B·P): scratch for them.  lnf, lnp, lns: layer normalisation, as
+    :func:`lstm_forward`; dV (T, B, G·H) zeros: δv of v = W_hh h_{t−1}, for δW_hh; dln
+    (G·H + 2H,) zeros: δγ_hh, δγ_c, δβ_c; zl (2, B·H), rv (B,): scratch.
     """
     has_i, own_f, coupled, has_o = flags[0], flags[1], flags[2], flags[3]
     act_in, act_out, G, proj = flags[4], flags[5], flags[10], flags[11]
@@ -355,6 +418,7 @@ def lstm_backward(
     _zhd, zhc = zp[0], zp[1]  # d^h, d^h ⊙ δh_t
     if not upd_d:
         gu = gg  # without update dropout u ⊙ g is g
+    zn, zdy = zl[0], zl[1]  # ŝ_t, δ(γ_c ⊙ ŝ_t + β_c)
     pk = prepare_pack(packed, N, nlive[0], P, GH, w_hh, P)
     pkr = prepare_pack(packed if proj else PLAIN, N, nlive[0], H, P, w_hr, H)
     old_threads = step_threads(nlive[0], GH, P)
@@ -390,6 +454,9 @@ def lstm_backward(
                 copy(zu, base, udm[pos, b], 0, H)
             if zon_s:
                 copy(zd, base, zsm[pos, b], 0, H)
+            if lnf:
+                copy(zn, base, lns[pos, b], GH, H)
+                rv[j] = lns[pos, b, GH + H + 1]
             dhj = dh[j]
             do = dout[pos, b]
             for k in range(P):  # (B1) ∂L/∂h_t: from above and from step t + 1
@@ -419,7 +486,13 @@ def lstm_backward(
         if zon_s:  # (ZB2) s̃_t = f ⊙ s_{t−1} + i ⊙ (u ⊙ g), recomputed (ss holds s_t)
             for q in range(m):
                 zst[q] = gf[q] * zsp[q] + gi[q] * gu[q]
-        copy(zphi, 0, zst, 0, m)
+        if lnf:  # (L2) φ_out's argument γ_c ⊙ ŝ_t + β_c
+            for j in range(n):
+                base = j * H
+                for k in range(H):
+                    zphi[base + k] = lnp[GH + k] * zn[base + k] + lnp[GH + H + k]
+        else:
+            copy(zphi, 0, zst, 0, m)
         if act_out == 0:
             vtanh(zphi, m)  # φ_out(s_t), recomputed rather than stored
         if proj:  # m_t = o ⊙ φ_out(s_t), recomputed, kept for (P2)
@@ -439,7 +512,30 @@ def lstm_backward(
             for q in range(m):
                 zsc[q] = zd[q] * dsf[q]
                 dsf[q] = (one - zd[q]) * dsf[q]
-        if act_out == 0:  # (B3) δs = δs_{t+1}-carry + δm ⊙ o ⊙ φ_out'(s_t) + δo ⊙ p_o
+        if lnf:  # (LB1) (B3) through the state's layer norm
+            if act_out == 0:
+                for q in range(m):
+                    zdy[q] = dm[q] * go[q] * (one - zphi[q] * zphi[q])
+            else:
+                for q in range(m):
+                    zdy[q] = dm[q] * go[q]
+            for j in range(n):
+                base = j * H
+                m1 = 0.0
+                m2 = 0.0
+                for k in range(H):
+                    q = base + k
+                    m1 += lnp[GH + k] * zdy[q]
+                    m2 += lnp[GH + k] * zdy[q] * zn[q]
+                m1 /= H
+                m2 /= H
+                r = rv[j]
+                for k in range(H):
+                    q = base + k
+                    zds[q] = dsf[q] + r * (lnp[GH + k] * zdy[q] - m1 - zn[q] * m2)
+                    dln[GH + k] += zdy[q] * zn[q]
+                    dln[GH + H + k] += zdy[q]
+        elif act_out == 0:  # (B3) δs = δs_{t+1}-carry + δm ⊙ o ⊙ φ_out'(s_t) + δo ⊙ p_o
             for q in range(m):
                 zds[q] = dsf[q] + dm[q] * go[q] * (one - zphi[q] * zphi[q])
         else:
@@ -508,6 +604,20 @@ def lstm_backward(
             b = perm[j]
             pos = t if rev == 0 else lengths[b] - 1 - t
             copy(dA[pos, b], 0, sr, 0, GH)
+            if lnf:  # (LB2) δv = (γ_hh ⊙ δA − mean(γ_hh ⊙ δA) − x̂_hh mean(γ_hh ⊙ δA ⊙ x̂_hh))/σ
+                lr = lns[pos, b]
+                m1 = 0.0
+                m2 = 0.0
+                for k in range(GH):
+                    m1 += lnp[k] * sr[k]
+                    m2 += lnp[k] * sr[k] * lr[k]
+                    dln[k] += sr[k] * lr[k]
+                m1 /= GH
+                m2 /= GH
+                r = lr[GH + H]
+                for k in range(GH):
+                    sr[k] = r * (lnp[k] * sr[k] - m1 - lr[k] * m2)
+                copy(dV[pos, b], 0, sr, 0, GH)
         step_gemm(pk, packed, N, N, n, P, GH, dst, GH, w_hh, P, 0.0, dh, P, si, sf)  # (B9) δh_{t−1}
         if rec_d or zon_h:
             for j in range(n):
@@ -527,8 +637,9 @@ class LSTMKernel:
     """One direction of one LSTM-family layer over a whole sequence, fused: the kernel
     protocol of :mod:`carousel.kernels.common` (which supplies the autograd)."""
 
-    #: saved for the backward besides inputs and outputs: the gates' activations, s_t
-    n_saved = 2
+    #: saved for the backward besides inputs and outputs: the gates' activations, s_t, and
+    #: layer norm's normalised values and 1/σ (one column of zeros without layer norm)
+    n_saved = 3
 
     @staticmethod
     def forward(call, x, state, weights):
@@ -541,7 +652,27 @@ class LSTMKernel:
         order, bf16 = call.order, call.bf16
         x2 = x.reshape(T * B, -1)
         bias = w.b_ih if w.b_hh is None else (w.b_hh if w.b_ih is None else w.b_ih + w.b_hh)
-        gx = input_products(x2, w.w_ih, bias, bf16).view(T, B, GH)  # all steps in one product
+        lnf = w.ln is not None
+        if lnf:  # (L0) gx = γ_ih ⊙ x̂_ih + b_ih + b_hh, x̂_ih the normalised W_ih x_t
+            lns = torch.empty(T, B, _ln_width(GH, H), dtype=dtype) if call.store else None
+            v = input_products(x2, w.w_ih, None, bf16)  # (T·B, G·H), all steps in one product
+            var, mu = torch.var_mean(v, dim=1, correction=0, keepdim=True)
+            r = torch.rsqrt(var + LN_EPS)
+            xh = v.sub_(mu).mul_(r)
+            gx = xh * w.ln["weight_ln_ih"].detach()
+            if bias is not None:
+                gx += bias.detach()
+            gx = gx.view(T, B, GH)
+            if lns is not None:
+                at = GH + H + 2
+                lns[..., at : at + GH] = xh.view(T, B, GH)
+                lns[..., at + GH] = r.view(T, B)
+            lnp = torch.cat([w.ln[n].detach() for n in _LN_ROWS])
+        else:
+            gx = input_products(x2, w.w_ih, bias, bf16).view(T, B, GH)  # all steps, one product
+            lns, lnp = None, _DUMMY2[dtype][0]
+        if lns is None:
+            lns = torch.zeros(T, B, 1, dtype=dtype)  # saved: the protocol's (T, B, ·) shape
         h = order.sort(h0)
         s = order.sort(s0)
         out = order.buffer(T, B, P, dtype=dtype)
@@ -577,14 +708,18 @@ class LSTMKernel:
             rdm,
             udm,
             np_(hm),
+            int(lnf),
+            np_(lnp),
+            np_(lns),
         )
-        return out, (order.unsort(h), order.unsort(s)), (gx, ss)
+        return out, (order.unsort(h), order.unsort(s)), (gx, ss, lns)
 
     @staticmethod
     def backward(call, x, state, weights, out, final, saved, dout, dfinal, needs):
         h0, s0 = state
         w = weights
-        gates, ss = saved
+        gates, ss, lns = saved
+        lnf = w.ln is not None
         order = call.order
         T, B, _ = x.shape
         GH, P = w.w_hh.shape
@@ -605,6 +740,16 @@ class LSTMKernel:
         mflags, zsm, zhm, rdm, udm = _masks(call.masks, dtype)
         zm = torch.empty(4, B * H if mflags.any() else 1, dtype=dtype)
         zp = torch.empty(2, B * P if mflags[1] else 1, dtype=dtype)
+        if lnf:
+            lnp = torch.cat([w.ln[n].detach() for n in _LN_ROWS])
+            dV = order.buffer(T, B, GH, dtype=dtype)
+            dln = torch.zeros(GH + 2 * H, dtype=dtype)
+            zl = torch.empty(2, B * H, dtype=dtype)
+            rv = torch.empty(B, dtype=dtype)
+        else:
+            lnp = dln = rv = _DUMMY2[dtype][0]
+            dV = torch.empty(1, 1, 1, dtype=dtype)
+            zl = _DUMMY2[dtype]
         lstm_backward(
             np_(gates),
             np_(ss),
@@ -639,11 +784,41 @@ class LSTMKernel:
             udm,
             np_(zm),
             np_(zp),
+            int(lnf),
+            np_(lnp),
+            np_(lns),
+            np_(dV),
+            np_(dln),
+            np_(zl),
+            np_(rv),
         )
         nx, _, nw = needs
-        dx, dw_ih, dw_hh, db = flat_weight_grads(
-            dA, x, hprev, w.w_ih, (nx, nw.w_ih, nw.w_hh, nw.b_ih or nw.b_hh), call.bf16
-        )
+        dln_grads = None
+        if lnf:  # (LB3) the input share's layer norm, over all steps at once
+            at = GH + H + 2
+            xh = lns[..., at : at + GH].reshape(T * B, GH)
+            r = lns[..., at + GH].reshape(T * B, 1)
+            dA2 = dA.view(T * B, GH)
+            dxh = dA2 * w.ln["weight_ln_ih"].detach()
+            dv = dxh - dxh.mean(1, keepdim=True) - xh * (dxh * xh).mean(1, keepdim=True)
+            dv.mul_(r)
+            dx, dw_ih, _, db = flat_weight_grads(
+                dv.view(T, B, GH), x, hprev, w.w_ih, (nx, nw.w_ih, False, False), call.bf16
+            )
+            db = dA2.sum(0) if nw.b_ih or nw.b_hh else None
+            dw_hh = None
+            if nw.w_hh:  # (B10) with δv in place of δA: the product's own gradient
+                dw_hh = matmul(dV.view(T * B, GH).t(), hprev.view(T * B, P), call.bf16)
+            dln_grads = {
+                "weight_ln_ih": (dA2 * xh).sum(0),
+                "weight_ln_hh": dln[:GH],
+                "weight_ln_c": dln[GH : GH + H],
+                "bias_ln_c": dln[GH + H :],
+            }
+        else:
+            dx, dw_ih, dw_hh, db = flat_weight_grads(
+                dA, x, hprev, w.w_ih, (nx, nw.w_ih, nw.w_hh, nw.b_ih or nw.b_hh), call.bf16
+            )
         dpeeps = {name: dpeep[_PEEP_ROW[name]] for name in w.peep}
         dw_hr = None
         if proj and nw.w_hr:  # (P2) δW_hr = Σ_t δh_tᵀ m_t, one product over all steps
@@ -655,15 +830,25 @@ class LSTMKernel:
             (db.clone() if nw.b_ih else db) if nw.b_hh else None,  # no shared .grad
             dpeeps,
             dw_hr,
+            dln_grads,
         )
         return dx, (order.unsort(dh), order.unsort(ds)), grads
 
 
 _PEEP_ROW = {"ci": 0, "cf": 1, "co": 2}
 
-#: the regularisers the kernel runs (what :func:`carousel.kernels.features` reports); layer
-#: normalisation runs on the reference path
-FEATURES = frozenset({"zoneout_state", "zoneout_hidden", "recurrent_dropout", "update_dropout"})
+#: the extras the kernel runs (what :func:`carousel.kernels.features` reports)
+FEATURES = frozenset(
+    {"zoneout_state", "zoneout_hidden", "recurrent_dropout", "update_dropout", "layer_norm"}
+)
+#: the layer-norm parameters the kernels read, in the order of ``lnp``: γ_hh, γ_c, β_c
+_LN_ROWS = ("weight_ln_hh", "weight_ln_c", "bias_ln_c")
+
+
+def _ln_width(GH: int, H: int) -> int:
+    """Columns of the saved layer-norm tensor: x̂_hh, ŝ, 1/σ_hh, 1/σ_c, x̂_ih, 1/σ_ih."""
+    return 2 * GH + H + 3
+
 
 _DUMMY2 = {dt: torch.zeros(1, 1, dtype=dt) for dt in (torch.float32, torch.float64)}
 _DUMMY3 = {dt: np.zeros((1, 1, 1), dt) for dt in (np.float32, np.float64)}

@@ -13,6 +13,14 @@ recurrent product (it starts at δh_n):
     (RB3) δh_{t−1}^rec = δa W_hh
     (RB4) δX = δA W_ih,   δW_ih = δAᵀ X,   δW_hh = δAᵀ H_prev,   δb_ih = δb_hh = Σ_{t,b} δA
 
+Variational recurrent dropout (one mask m (B, H) per sequence, :mod:`carousel.cells.masks`):
+
+    (RR1) a = W_ih x_t + b_ih + W_hh (m ⊙ h_{t−1}) + b_hh
+    (RRB) δh_{t−1}^rec = (δa W_hh) ⊙ m in place of (RB3), and H_prev in (RB4) holds m ⊙ h_{t−1}
+
+Zoneout on h is not in this kernel (φ'(a) would need h̃_t, which is not h_t): it runs on the
+reference path.
+
 φ'(a) is taken from the output h_t itself, so only h_t is stored.  The structure is the LSTM
 kernel's (:mod:`carousel.kernels.lstm`); lengths, direction and bfloat16 products as
 ``docs/bptt.md`` describes for every family.
@@ -49,9 +57,12 @@ _PHI = {"tanh": 0, "sigmoid": 1, "relu": 2}
 
 
 @numba.njit(**JIT)
-def rnn_forward(gx, w_hh, phi, perm, lengths, nlive, rev, packed, h, out, work, z, si, sf):
+def rnn_forward(
+    gx, w_hh, phi, perm, lengths, nlive, rev, packed, h, out, work, z, si, sf, rec_d, rdm, hm
+):
     """gx (T, B, H) = W_ih x + b_ih + b_hh; h (B, H) initial → final state (kernel order);
-    out (T, B, H) zeros: h_t.  work (B, H), z (1, B·H): scratch."""
+    out (T, B, H) zeros: h_t.  work (B, H), z (1, B·H): scratch.  rec_d: recurrent dropout
+    with the masks rdm (B, H) (a dummy without); hm (B, H): scratch."""
     T = gx.shape[0]
     H = h.shape[1]
     za = z[0]
@@ -63,7 +74,16 @@ def rnn_forward(gx, w_hh, phi, perm, lengths, nlive, rev, packed, h, out, work, 
     for t in range(T):
         n = nlive[t]
         m = n * H
-        step_gemm(pk, packed, N, TR, n, H, H, h, H, w_hh, H, 0.0, work, H, si, sf)  # (n, H)
+        if rec_d:  # (RR1) the product reads m ⊙ h_{t−1}
+            for j in range(n):
+                mr = rdm[perm[j]]
+                hj = h[j]
+                hmj = hm[j]
+                for k in range(H):
+                    hmj[k] = mr[k] * hj[k]
+            step_gemm(pk, packed, N, TR, n, H, H, hm, H, w_hh, H, 0.0, work, H, si, sf)
+        else:
+            step_gemm(pk, packed, N, TR, n, H, H, h, H, w_hh, H, 0.0, work, H, si, sf)  # (n, H)
         for j in range(n):  # (R1) a = W_ih x_t + b + W_hh h_{t−1}
             b = perm[j]
             pos = t if rev == 0 else lengths[b] - 1 - t
@@ -95,10 +115,12 @@ def rnn_forward(gx, w_hh, phi, perm, lengths, nlive, rev, packed, h, out, work, 
 
 @numba.njit(**JIT)
 def rnn_backward(
-    out, h0, w_hh, phi, perm, lengths, nlive, rev, packed, dout, dh, dA, hprev, dst, z, si, sf
-):
+    out, h0, w_hh, phi, perm, lengths, nlive, rev, packed, dout, dh, dA, hprev, dst, z, si, sf,
+    rec_d, rdm,
+):  # fmt: skip
     """dh (B, H): in ∂L/∂h_n, out ∂L/∂h_0 (kernel order).  dA (T, B, H) zeros: ∂L/∂a.
-    hprev (T, B, H) zeros: h_{t−1} of each step.  dst (B, H), z (1, B·H): scratch."""
+    hprev (T, B, H) zeros: h_{t−1} of each step.  dst (B, H), z (1, B·H): scratch.  rec_d,
+    rdm: recurrent dropout, as :func:`rnn_forward`."""
     T = out.shape[0]
     H = dh.shape[1]
     zh = z[0]
@@ -119,6 +141,11 @@ def rnn_backward(
                 copy(hprev[pos, b], 0, h0[b], 0, H)
             else:
                 copy(hprev[pos, b], 0, out[pp, b], 0, H)
+            if rec_d:  # (RRB) H_prev holds the product's operand m ⊙ h_{t−1}
+                hp = hprev[pos, b]
+                mr = rdm[b]
+                for k in range(H):
+                    hp[k] = mr[k] * hp[k]
             copy(zh, j * H, out[pos, b], 0, H)
             dhj = dh[j]
             do = dout[pos, b]
@@ -138,6 +165,12 @@ def rnn_backward(
             pos = t if rev == 0 else lengths[b] - 1 - t
             copy(dA[pos, b], 0, dst[j], 0, H)
         step_gemm(pk, packed, N, N, n, H, H, dst, H, w_hh, H, 0.0, dh, H, si, sf)  # (RB3)
+        if rec_d:  # (RRB) δh_{t−1}^rec = (δa W_hh) ⊙ m
+            for j in range(n):
+                mr = rdm[perm[j]]
+                dhj = dh[j]
+                for k in range(H):
+                    dhj[k] = mr[k] * dhj[k]
     restore_threads(old_threads)
 
 
@@ -165,6 +198,8 @@ class RNNKernel:
         z = torch.empty(1, B * H, dtype=dtype)
         si, sf = scratch(dtype)
         perm, lens, nlive = order.arrays()
+        rec_d, rdm = _recurrent_mask(call.masks, B, H, dtype)
+        hm = torch.empty(B if rec_d else 1, H, dtype=dtype)
         rnn_forward(
             np_(gx),
             np_(w.w_hh),
@@ -180,6 +215,9 @@ class RNNKernel:
             np_(z),
             si,
             sf,
+            rec_d,
+            np_(rdm),
+            np_(hm),
         )
         return out, (order.unsort(h),), ()
 
@@ -198,6 +236,7 @@ class RNNKernel:
         z = torch.empty(1, B * H, dtype=dtype)
         si, sf = scratch(dtype)
         perm, lens, nlive = order.arrays()
+        rec_d, rdm = _recurrent_mask(call.masks, B, H, dtype)
         rnn_backward(
             np_(out),
             np_(h0),
@@ -216,6 +255,8 @@ class RNNKernel:
             np_(z),
             si,
             sf,
+            rec_d,
+            np_(rdm),
         )
         nx, _, nw = needs
         dx, dw_ih, dw_hh, db = flat_weight_grads(  # (RB4)
@@ -224,6 +265,17 @@ class RNNKernel:
         db_ih = db if nw.b_ih else None
         db_hh = (db.clone() if nw.b_ih else db) if nw.b_hh else None  # no shared .grad
         return dx, (order.unsort(dh),), LayerWeights(dw_ih, dw_hh, db_ih, db_hh, {})
+
+
+#: the regularisers the kernel runs (what :func:`carousel.kernels.features` reports)
+FEATURES = frozenset({"recurrent_dropout"})
+
+
+def _recurrent_mask(masks, B: int, H: int, dtype: torch.dtype) -> tuple[int, torch.Tensor]:
+    """(whether there is recurrent dropout, its mask (B, H) in ``dtype`` or a dummy)."""
+    if masks is None or masks.recurrent is None:
+        return 0, torch.zeros(1, 1, dtype=dtype)
+    return 1, masks.recurrent.detach().to(dtype).contiguous()
 
 
 KERNEL = RNNKernel()
