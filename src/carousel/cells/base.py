@@ -104,10 +104,6 @@ class CellOptions(abc.ABC):
         """Whether the cell normalises its pre-activations (the LSTM's ``layer_norm``)."""
         return bool(getattr(self, "layer_norm", False))
 
-    def plain(self) -> CellOptions:
-        """This cell without its regularisers (what eval mode runs, zoneout aside)."""
-        return dataclasses.replace(self, **{name: 0.0 for name in self.regularisers()})
-
     def needs_bias(self) -> bool:
         """Whether the options set an initial bias (so a layer without biases is an error)."""
         return False
