@@ -370,35 +370,6 @@ def _peep_rows(peep: dict, H: int, dtype: torch.dtype) -> Tensor:
 
 _PEEP_ROW = {"ci": 0, "cf": 1, "co": 2}
 
-# id(w_hh) -> (weakref, _version, data_ptr, G, (wf, wb)): the panels a forward call that keeps
-# what the backward needs packed, for that call's backward (which pops them; one that finds
-# none, or finds the weight changed, packs afresh)
-_FOR_BACKWARD: dict[int, tuple] = {}
-
-
-def _keep_for_backward(w_hh: Tensor, G: int, packed: tuple[Tensor, Tensor]) -> None:
-    if len(_FOR_BACKWARD) > 64:  # forward calls whose backward never came
-        for k in [k for k, v in _FOR_BACKWARD.items() if v[0]() is None] or list(_FOR_BACKWARD):
-            _FOR_BACKWARD.pop(k, None)
-    try:
-        ref = weakref.ref(w_hh)
-    except TypeError:
-        return
-    _FOR_BACKWARD[id(w_hh)] = (ref, w_hh._version, w_hh.data_ptr(), G, packed)
-
-
-def _backward_panels(w_hh: Tensor, G: int) -> tuple[Tensor, Tensor]:
-    hit = _FOR_BACKWARD.pop(id(w_hh), None)
-    if (
-        hit is not None
-        and hit[0]() is w_hh
-        and hit[1] == w_hh._version
-        and hit[2] == w_hh.data_ptr()
-        and hit[3] == G
-    ):
-        return hit[4]
-    return panels(w_hh, G)
-
 
 class NativeLSTMKernel:
     """One direction of one LSTM-family layer over a whole sequence in ``native.cpp``: the
@@ -441,8 +412,6 @@ class NativeLSTMKernel:
             fail = getattr(_lib, f"carousel_lstm_forward_{_suffix(dtype)}")(ctypes.byref(a))
         if fail:
             raise ValueError(f"the native kernel takes 1 to 4 gate blocks; got {G}")
-        if call.store:
-            _keep_for_backward(w.w_hh, G, (wf, wb))
         return out, (order.unsort(h), order.unsort(c)), (gx, cs)
 
     @staticmethod
@@ -465,7 +434,7 @@ class NativeLSTMKernel:
         dout = dout.contiguous()
         h0c, c0c = h0.detach().contiguous(), c0.detach().contiguous()
         with _clock("pack"):
-            wf, wb = _backward_panels(w.w_hh, G)
+            wf, wb = panels(w.w_hh, G)  # packed afresh: reusing the forward's was not reentrant
         a = _args(lstm_flags(call.cell), order, T, B, H, call.reverse, True)
         a.wf, a.wb, a.peep = wf.data_ptr(), wb.data_ptr(), peep.data_ptr()
         a.gx, a.out, a.cs = gates.data_ptr(), out.data_ptr(), cs.data_ptr()
