@@ -660,3 +660,30 @@ def _vmap_loop(fn, head: tuple, tensors: Sequence, dims: Sequence, V: int):
         results.append(fn.apply(*head, *args))
     outputs = tuple(torch.stack(parts) for parts in zip(*results))
     return outputs, (0,) * len(outputs)
+
+
+# ---------------------------------------------------------------------------- LSTM switches
+_ACT_IN = {"tanh": 0, "sigmoid": 1, "identity": 2}
+_ACT_OUT = {"tanh": 0, "identity": 1}
+
+
+def lstm_flags(opt) -> tuple[int, ...]:
+    """(has_i, own_f, coupled, has_o, act_in, act_out, oi, of, og, oo, G, proj) for the
+    kernels; o* are the gate blocks' column offsets in units of H (−1 when absent), proj
+    whether h_t is projected (proj_size > 0)."""
+    gates = opt.gates()
+    off = {name: gates.index(name) if name in gates else -1 for name in "ifgo"}
+    return (
+        int(opt.input_gate),
+        int("f" in gates),
+        int(opt.coupled),
+        int(opt.output_gate),
+        _ACT_IN[opt.input_activation],
+        _ACT_OUT[opt.output_activation],
+        off["i"],
+        off["f"],
+        off["g"],
+        off["o"],
+        len(gates),
+        int(opt.proj_size > 0),
+    )

@@ -118,7 +118,6 @@ import numpy as np
 import torch
 
 from carousel.backends import LayerWeights
-from carousel.cells import LSTMOptions
 from carousel.cells.lstm import LN_EPS
 from carousel.kernels._mkl import (
     JIT,
@@ -136,35 +135,11 @@ from carousel.kernels._mkl import (
 from carousel.kernels.common import (
     flat_weight_grads,
     input_products,
+    lstm_flags,
     matmul,
     np_,
     scratch,
 )
-
-_ACT_IN = {"tanh": 0, "sigmoid": 1, "identity": 2}
-_ACT_OUT = {"tanh": 0, "identity": 1}
-
-
-def lstm_flags(opt: LSTMOptions) -> tuple[int, ...]:
-    """(has_i, own_f, coupled, has_o, act_in, act_out, oi, of, og, oo, G, proj) for the
-    kernels; o* are the gate blocks' column offsets in units of H (−1 when absent), proj
-    whether h_t is projected (proj_size > 0)."""
-    gates = opt.gates()
-    off = {name: gates.index(name) if name in gates else -1 for name in "ifgo"}
-    return (
-        int(opt.input_gate),
-        int("f" in gates),
-        int(opt.coupled),
-        int(opt.output_gate),
-        _ACT_IN[opt.input_activation],
-        _ACT_OUT[opt.output_activation],
-        off["i"],
-        off["f"],
-        off["g"],
-        off["o"],
-        len(gates),
-        int(opt.proj_size > 0),
-    )
 
 
 @numba.njit(**JIT)

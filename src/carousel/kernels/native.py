@@ -51,33 +51,9 @@ from carousel.kernels.common import (
     bf16_wanted,
     flat_weight_grads,
     input_products,
+    lstm_flags,
     run_sequence,
 )
-
-_ACT_IN = {"tanh": 0, "sigmoid": 1, "identity": 2}
-_ACT_OUT = {"tanh": 0, "identity": 1}
-
-
-def lstm_flags(opt) -> tuple[int, ...]:
-    """(has_i, own_f, coupled, has_o, act_in, act_out, oi, of, og, oo, G), as the numba
-    kernel's (:func:`carousel.kernels.lstm.lstm_flags`, not imported: it would load numba);
-    o* are the gate blocks' column offsets in units of H (−1 when absent)."""
-    gates = opt.gates()
-    off = {name: gates.index(name) if name in gates else -1 for name in "ifgo"}
-    return (
-        int(opt.input_gate),
-        int("f" in gates),
-        int(opt.coupled),
-        int(opt.output_gate),
-        _ACT_IN[opt.input_activation],
-        _ACT_OUT[opt.output_activation],
-        off["i"],
-        off["f"],
-        off["g"],
-        off["o"],
-        len(gates),
-    )
-
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "native.cpp"
@@ -345,7 +321,7 @@ def panels(w_hh: Tensor, G: int) -> tuple[Tensor, Tensor]:
 
 
 def _args(flags, order: Order, T: int, B: int, H: int, reverse: bool, store: bool) -> _Args:
-    has_i, own_f, coupled, has_o, act_in, act_out, oi, of, og, oo, G = flags
+    has_i, own_f, coupled, has_o, act_in, act_out, oi, of, og, oo, G, _ = flags  # no proj
     perm, lens, nlive = order.arrays()  # numpy views: under torch.func the order's tensors
     # are wrappers without storage of their own (the numba kernels read them the same way)
     a = _Args(
