@@ -120,11 +120,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(_with_default_job(parser, argv))
+    ok = False
     try:
-        return args.func(args)
+        code = args.func(args)
+        ok = True
+        return code
     except (ValueError, OSError) as err:
         print(f"carousel {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"carousel {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if "torch.distributed" in sys.modules:  # under torchrun: leave the group on every path
+            from carousel import distributed as ddp
+
+            ddp.shutdown(together=ok)

@@ -76,6 +76,11 @@ def barrier() -> None:
         dist.barrier()
 
 
-def shutdown() -> None:
+def shutdown(*, together: bool = True) -> None:
+    """Leave the process group (a no-op without one).  ``together``: wait at a barrier first,
+    so that no process tears its group down while another still talks to it; a process
+    leaving on an error passes False (its peers may never reach the barrier)."""
     if dist.is_available() and dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()

@@ -42,7 +42,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"trained {summary['step']} steps ({summary['reason']}); validation {shown}")
         print(f"checkpoint: {run / 'checkpoint.safetensors'}")
         print(f"curves: {plot_metrics(run)}")
-    ddp.shutdown()
     return 0
 
 
