@@ -262,12 +262,18 @@ def test_rmsprop_with_momentum_is_torchs_and_resumes_exactly(tmp_path):
     # momentum changes the run: without it the weights differ
     plain, _ = _fit(tmp_path / "c", dataclasses.replace(cfg, momentum=0.0))
     assert not torch.equal(plain.weight, straight.weight)
+    # and so does a larger ε, which reaches the optimizer's settings in the checkpoint
+    wide, _ = _fit(tmp_path / "d", dataclasses.replace(cfg, optimizer_eps=0.1))
+    assert not torch.equal(wide.weight, straight.weight)
+    _, meta = load_checkpoint(tmp_path / "d" / "run")
+    assert '["eps", 0.1]' in json.dumps(meta["optimizer"])
 
 
 @pytest.mark.parametrize(
     "bad, message",
     [
         ({"optimizer": "adagrad"}, "optimizer must be one of sgd, adam, rmsprop; got 'adagrad'"),
+        ({"optimizer_eps": 0.0}, "optimizer_eps must be positive; got 0.0"),
         ({"optimizer": "rmsprop", "momentum": 1.0}, r"momentum must be in \[0, 1\); got 1.0"),
         ({"optimizer": "adam", "momentum": 0.9}, "momentum is for sgd and rmsprop, not adam"),
         ({"optimizer": "rmsprop", "rmsprop_alpha": 0.0}, r"rmsprop_alpha must be in \(0, 1\)"),

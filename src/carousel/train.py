@@ -82,6 +82,7 @@ class TrainSettings:
     lr: float = 1e-3
     momentum: float = 0.0  # SGD's and RMSProp's momentum (Adam has its betas)
     rmsprop_alpha: float = 0.99  # RMSProp's smoothing of the squared gradient (torch's alpha)
+    optimizer_eps: float = 1e-8  # Adam's and RMSProp's ε, added to the root of the squares
     lr_schedule: str = "step"  # "step", "cosine" or "plateau": see lr_at
     lr_decay: float = 1.0  # step: × this after each epoch (plateau: after each bad evaluation)
     decay_after: int = 0  # step: ... once this many epochs are done
@@ -126,6 +127,8 @@ class TrainSettings:
             raise ValueError(f"momentum is for sgd and rmsprop, not adam; got {self.momentum}")
         if not 0 < self.rmsprop_alpha < 1:
             raise ValueError(f"rmsprop_alpha must be in (0, 1); got {self.rmsprop_alpha}")
+        if not self.optimizer_eps > 0:
+            raise ValueError(f"optimizer_eps must be positive; got {self.optimizer_eps}")
         if self.lr_schedule not in ("step", "cosine", "plateau"):
             raise ValueError(
                 f"lr_schedule must be 'step', 'cosine' or 'plateau'; got {self.lr_schedule!r}"
@@ -407,6 +410,7 @@ def fit(
         cfg.weight_decay,
         momentum=cfg.momentum,
         alpha=cfg.rmsprop_alpha,
+        eps=cfg.optimizer_eps,
     )
     cursor, best = Cursor(), None
     if run.resuming:
@@ -715,16 +719,18 @@ def make_optimizer(
     *,
     momentum: float = 0.0,
     alpha: float = 0.99,
+    eps: float = 1e-8,
 ) -> torch.optim.Optimizer:
     """torch.optim's SGD (plain: Zaremba et al.'s recipe; or with momentum), Adam, or RMSProp
-    (``alpha`` smooths the squared gradient; Graves et al.'s NTM: momentum 0.9, lr 1e-4)."""
+    (``alpha`` smooths the squared gradient; Graves et al.'s NTM: momentum 0.9, lr 1e-4);
+    ``eps`` is Adam's and RMSProp's ε."""
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, eps=eps)
     if name == "rmsprop":
         return torch.optim.RMSprop(
-            params, lr=lr, alpha=alpha, weight_decay=weight_decay, momentum=momentum
+            params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum
         )
     raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {name!r}")
 

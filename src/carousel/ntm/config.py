@@ -30,10 +30,16 @@ class NTMConfig(TrainSettings):
 
     One epoch is ``epoch_sequences`` training sequences; each ends with an evaluation on a
     fixed set of ``eval_sequences`` sequences at the training lengths (its own seed), so
-    ``epochs × epoch_sequences`` is the budget of training sequences.
+    ``epochs × epoch_sequences`` is the budget of training sequences.  The run ends with the
+    weights of its best evaluation (fewest bit errors), and with ``solved_below`` it stops at
+    the first evaluation under that many bit errors per sequence (reason ``solved``).
     """
 
-    RESUMABLE: ClassVar[tuple[str, ...]] = (*TrainSettings.RESUMABLE, "eval_sequences")
+    RESUMABLE: ClassVar[tuple[str, ...]] = (
+        *TrainSettings.RESUMABLE,
+        "eval_sequences",
+        "solved_below",
+    )
     ARCHITECTURE: ClassVar[tuple[str, ...]] = (
         "task",
         "model",
@@ -75,6 +81,7 @@ class NTMConfig(TrainSettings):
     epoch_sequences: int = 4_000
     eval_sequences: int = 512
     eval_batch_size: int = 128
+    solved_below: float = 0.0  # stop once an evaluation has fewer bit errors/seq; 0: never
     # the loop's fields, with this job's defaults
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -110,7 +117,7 @@ class NTMConfig(TrainSettings):
             "eval_sequences",
             "eval_batch_size",
         )
-        check_at_least(self, 0, "write_heads", "shift_range", "head_clip")
+        check_at_least(self, 0, "write_heads", "shift_range", "head_clip", "solved_below")
         least = spec.length_range[0] if spec.name == "associative-recall" else 1
         check_at_least(self, least, "min_length", "max_length")
         lo, hi = self.lengths

@@ -108,6 +108,7 @@ class NTMJob(Job):
 
     kind = KIND
     metric = "bit_errors"
+    keep_best = True  # an NTM can lose a solved task and find it again (EXPERIMENTS.md)
     unit = "nats/bit"
     item = "seq"
 
@@ -135,6 +136,10 @@ class NTMJob(Job):
         seed = cfg.seed + EVAL_SEED_OFFSET
         return score(model, cfg.task, cfg.eval_sequences, cfg.eval_batch_size, seed, cfg.lengths)
 
+    def finished(self, scores: dict[str, float]) -> str | None:
+        below = self.cfg.solved_below
+        return "solved" if below and scores["bit_errors"] < below else None
+
     def describe(self, scores: dict[str, float]) -> str:
         return (
             f"{scores['bits_per_sequence']:.3f} bits/seq, {scores['bit_errors']:.3f} bit "
@@ -149,12 +154,13 @@ class NTMJob(Job):
 
 
 def load_ntm(path: str | os.PathLike) -> tuple[nn.Module, NTMConfig, dict]:
-    """The model and settings of an NTM job's checkpoint, and its metadata."""
+    """The model (its best evaluation's weights) and settings of an NTM job's checkpoint,
+    and its metadata."""
     tensors, meta = load_checkpoint(path, kind=KIND)
     cfg = config_from_dict(NTMConfig, meta["config"])
     model = build_model(cfg)
     try:
-        model.load_state_dict(part(tensors, "model"))
+        model.load_state_dict(part(tensors, "best") or part(tensors, "model"))
     except RuntimeError as err:
         raise ValueError(f"{path}: the model's tensors do not fit its config ({err})") from err
     model.eval()
