@@ -369,3 +369,26 @@ def test_the_job_is_asked_after_every_step_even_when_an_evaluation_is_due(tmp_pa
     job = Asks(cfg)
     _, out = _fit(tmp_path, cfg, job)
     assert out["step"] == 8 and job.asked == 8 and job.evaluations == 8
+
+
+def test_compare_runs_draws_each_runs_validation_score(tmp_path, capsys):
+    from carousel.cli import main
+    from carousel.train import compare_runs
+
+    _fit(tmp_path / "a", ToyConfig(lr=0.1, epochs=3), echo=None)
+    _fit(tmp_path / "b", ToyConfig(lr=0.01, epochs=2), echo=None)
+    rows = read_metrics(tmp_path / "a" / "run" / "metrics.jsonl")
+    valid = [r for r in rows if r["kind"] == "valid"]
+    assert [r["seen"] for r in valid] == [32, 64, 96]  # items trained, for --x seen
+    runs = [tmp_path / "a" / "run", tmp_path / "b" / "run"]
+    png = compare_runs(runs, tmp_path / "c.png", x="seen", log_y=True)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    with pytest.raises(ValueError, match=r"metrics.jsonl holds no validation 'accuracy'"):
+        compare_runs(runs, tmp_path / "d.png", metric="accuracy")
+    assert not (tmp_path / "d.png").exists()
+    out = str(tmp_path / "e.png")
+    assert main(["compare", *map(str, runs), "--x", "time", "--out", out]) == 0
+    assert capsys.readouterr().out.strip() == out
+    assert main(["compare", str(runs[0]), "--x", "epoch", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "x must be one of step, seen, time; got 'epoch'" in err

@@ -59,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sequences", type=int, default=None, help="NTM: sequences per length")
     p.add_argument("--json", default=None, help="NTM: also write the scores to this file")
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser(
+        "compare", help="PNG of one validation score of several runs (seeds, settings) together"
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (any job)")
+    p.add_argument("--metric", default="loss", help="the validation score (default loss)")
+    p.add_argument("--x", default="step", help="x axis: step, seen (items trained) or time")
+    p.add_argument("--log-y", action="store_true", help="a symmetric-log y axis")
+    p.add_argument("--out", default="comparison.png", help="the PNG (default comparison.png)")
+    p.set_defaults(func=cmd_compare)
     plot = _subcommands(parser)["plot"]
     plot.add_argument("--length", default=None, help="NTM: the plotted sequence's length")
     plot.set_defaults(func=cmd_plot)
@@ -87,6 +96,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"evaluable: {', '.join(EVALUATORS)}"
         )
     return EVALUATORS[kind](args)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """One validation score of several runs on one figure."""
+    from carousel.train import compare_runs
+
+    print(compare_runs(args.runs, args.out, args.metric, args.x, args.log_y))
+    return 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

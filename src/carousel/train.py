@@ -618,6 +618,7 @@ def evaluate(
         kind="valid",
         step=cursor.step,
         epoch=cursor.epoch,
+        seen=cursor.seen,
         **scores,
         unit=job.unit,
         time=round(cursor.elapsed, 3),
@@ -831,6 +832,53 @@ def _number(v: object) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
+#: what `compare_runs` can put on the x axis: the loop's step, the items trained (tokens,
+#: sequences; counted over all processes) or the training seconds
+AXES = {"step": "step", "seen": "items trained", "time": "training seconds"}
+
+
+def compare_runs(
+    runs: list[str | os.PathLike],
+    out: str | os.PathLike,
+    metric: str = "loss",
+    x: str = "step",
+    log_y: bool = False,
+) -> Path:
+    """Write a PNG of one validation score (``metric``) of several runs (seeds, settings,
+    jobs) against ``x`` (a key of :data:`AXES`), one line a run named by its folder; return
+    its path.  Raises ``ValueError`` naming a run whose metrics.jsonl lacks the score."""
+    if x not in AXES:
+        raise ValueError(f"x must be one of {', '.join(AXES)}; got {x!r}")
+    if not runs:
+        raise ValueError("name at least one run folder to compare")
+    lines = []
+    for run in runs:
+        paths = Run(run)
+        if not paths.metrics.is_file():
+            raise ValueError(f"{run} holds no metrics.jsonl (is it a training run's folder?)")
+        rows = read_metrics(paths.metrics)
+        points = [
+            (r[x], r[metric])
+            for r in rows
+            if r.get("kind") == "valid" and _number(r.get(metric)) and _number(r.get(x))
+        ]
+        if not points:
+            raise ValueError(f"{paths.metrics} holds no validation {metric!r} against {x!r}")
+        unit = (rows[0].get("unit") if rows else None) or "nats"
+        lines.append((Path(run).name, points, unit))
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    for name, points, _ in lines:
+        ax.plot(*zip(*points), "o-", ms=3, lw=1.5, label=name)
+    label = f"{metric} ({lines[0][2]})" if metric == "loss" else metric
+    ax.set(xlabel=AXES[x], ylabel=f"validation {label}", title="carousel: runs compared")
+    if log_y:
+        ax.set_yscale("symlog", linthresh=0.1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return save_figure(fig, Path(out))
+
+
 class StopFlag:
     """While active, Ctrl-C (SIGINT) sets ``requested`` instead of raising, so the loop can
     finish its step, evaluate and save; a second Ctrl-C raises as usual."""
@@ -909,6 +957,7 @@ __all__ = [
     "RunInUse",
     "TrainSettings",
     "TrainingDiverged",
+    "compare_runs",
     "fit",
     "open_run",
     "plot_metrics",
