@@ -65,15 +65,15 @@ def test_resume_is_bit_identical(tmp_path):
 
 
 def test_ends_with_the_best_evaluation_and_stops_when_solved(tmp_path):
-    cfg = tiny(epochs=4, lr=3e-3)
+    cfg = tiny(epochs=4, lr=1e-2)  # seen: 16.898, 16.117 (best), 16.759, 16.405 bits/seq
     summary = train_ntm(cfg, tmp_path / "run", progress=False)
     rows = (tmp_path / "run" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    errors = [json.loads(r)["bit_errors"] for r in rows if "bit_errors" in json.loads(r)]
-    assert len(errors) == 4 and summary["best"] == min(errors)
+    cost = [json.loads(r)["bits_per_sequence"] for r in rows if "bit_errors" in json.loads(r)]
+    assert len(cost) == 4 and summary["best"] == min(cost) != cost[-1]
     model, _, meta = load_ntm(tmp_path / "run")
     again = NTMJob(cfg, torch.device("cpu")).evaluate(model)
-    assert again["bit_errors"] == min(errors)  # the best weights, not the last
-    assert meta["cursor"]["best_step"] == 8 * (1 + errors.index(min(errors)))
+    assert again["bits_per_sequence"] == min(cost)  # the best weights, not the last
+    assert meta["cursor"]["best_step"] == 8 * (1 + cost.index(min(cost)))
     # an evaluation under solved_below ends the run, whatever the budget
     summary = train_ntm(tiny(epochs=4, solved_below=100.0), tmp_path / "solved", progress=False)
     assert summary["reason"] == "solved" and summary["seen"] == 64

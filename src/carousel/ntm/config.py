@@ -31,8 +31,9 @@ class NTMConfig(TrainSettings):
     One epoch is ``epoch_sequences`` training sequences; each ends with an evaluation on a
     fixed set of ``eval_sequences`` sequences at the training lengths (its own seed), so
     ``epochs × epoch_sequences`` is the budget of training sequences.  The run ends with the
-    weights of its best evaluation (fewest bit errors), and with ``solved_below`` it stops at
-    the first evaluation under that many bit errors per sequence (reason ``solved``).
+    weights of its best evaluation (the lowest cost in bits per sequence), and with
+    ``solved_below`` it stops at the first evaluation under that many bit errors per sequence
+    (reason ``solved``).
     """
 
     RESUMABLE: ClassVar[tuple[str, ...]] = (
