@@ -275,3 +275,35 @@ def test_negative_input_gate_bias_solves_temporal_order():
     }
     assert runs[-2.0].solved and runs[-2.0].test_wrong == 0, runs[-2.0]
     assert not runs[None].solved and runs[None].test_wrong > 1000, runs[None]
+
+
+def test_init_from_starts_a_run_from_another_runs_weights(tmp_path):
+    """A curriculum step: a run at T = 20 starts from a T = 10 run's weights (an lr of 1e-30
+    moves none by more than 1e-29, so the second run ends with the first run's weights); a
+    resumed run does not read init_from again; another architecture is refused, the message
+    naming the field."""
+    from carousel.lag.train import load_lag
+
+    first = LagConfig(task="adding", T=10, cell="lstm1997", hidden_size=4, budget=64)
+    run_lag(first, tmp_path / "t10")
+    source, _, _ = load_lag(tmp_path / "t10")
+    fresh = LagModel("adding", "lstm1997", 4)
+    assert any(not torch.equal(a, b) for a, b in zip(fresh.parameters(), source.parameters()))
+
+    second = dataclasses.replace(
+        first, T=20, lr=1e-30, max_steps=1, init_from=str(tmp_path / "t10")
+    )
+    r = run_lag(second, tmp_path / "t20")
+    assert r.sequences == 32 and r.config["init_from"] == str(tmp_path / "t10")
+    ended, cfg, _ = load_lag(tmp_path / "t20")
+    assert cfg.T == 20
+    for a, b in zip(ended.state_dict().values(), source.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-28)
+
+    (tmp_path / "t10" / "checkpoint.safetensors").unlink()  # the resume must not need it
+    r = run_lag(None, tmp_path / "t20", resume=True, overrides={"max_steps": 2})
+    assert r.sequences == 64
+
+    wider = dataclasses.replace(second, hidden_size=8, init_from=str(tmp_path / "t20"))
+    with pytest.raises(ValueError, match="hidden_size is 4, this run's is 8"):
+        run_lag(wider, tmp_path / "wide")

@@ -50,6 +50,9 @@ class LagConfig(TrainSettings):
     clip: float = 1.0  # gradient-norm clipping; 0 switches it off
     threads: int | None = 1
     checkpoint_every: int = 200
+    # a lag run folder (or checkpoint) whose weights start this run instead of the cell's
+    # initialisation: the same task, cell and hidden size at another T (a curriculum); ""
+    init_from: str = ""
     sweep_tasks: str = "adding"
     sweep_T: str = "10,20,50"
     sweep_cells: str = "rnn,lstm1997,lstm,peephole,gru"

@@ -268,6 +268,8 @@ def run_lag(
         cfg = folder.settings(LagConfig, cfg, overrides)
         device = setup(cfg)
         model = LagModel(cfg.task, cfg.cell, cfg.hidden_size, **cfg.cell_options()).to(device)
+        if cfg.init_from and not resume:  # a resumed run starts from its own checkpoint
+            model.load_state_dict(start_weights(cfg))
         job = LagJob(cfg, device)
         summary = fit(model, job, cfg, folder, progress=progress, on_checkpoint=on_checkpoint)
         result = job.result(summary)
@@ -275,6 +277,19 @@ def run_lag(
             atomic_write(folder.root / "result.json", result_json(result))
             plot_metrics(folder.root)
     return result
+
+
+def start_weights(cfg: LagConfig) -> dict[str, Tensor]:
+    """The weights of run ``cfg.init_from``, checked to be of ``cfg``'s architecture."""
+    model, other, _ = load_lag(cfg.init_from)
+    for name in LagConfig.ARCHITECTURE:
+        if getattr(other, name) != getattr(cfg, name):
+            raise ValueError(
+                f"init_from {cfg.init_from}: its {name} is {getattr(other, name)!r}, this "
+                f"run's is {getattr(cfg, name)!r}; a run can start only from the same task, "
+                f"cell and hidden size"
+            )
+    return model.state_dict()
 
 
 def load_lag(path: str | os.PathLike) -> tuple[LagModel, LagConfig, dict]:
