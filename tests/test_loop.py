@@ -191,8 +191,31 @@ def test_a_nan_loss_stops_with_one_clear_error_keeping_the_last_checkpoint(tmp_p
 
 def test_a_loss_far_above_its_start_is_divergence(tmp_path):
     cfg = ToyConfig(lr=10.0, clip=0.0, epochs=50, optimizer="sgd")
-    with pytest.raises(TrainingDiverged, match="over 100× its first value"):
+    with pytest.raises(TrainingDiverged, match="over 100× its largest value in the first 10"):
         _fit(tmp_path, cfg)
+
+
+def test_one_easy_first_batch_is_not_the_start_of_divergence(tmp_path):
+    """A warm-started run whose first batch happens to be easy: its second loss is 200× the
+    first, within the first 10 steps, and the run goes on; the same jump at step 11 after
+    the ten losses is divergence."""
+
+    class EasyFirst(ToyJob):
+        calls = 0
+
+        def loss(self, model, batch):
+            loss, n = super().loss(model, batch)
+            self.calls += 1
+            scale = 1e-3 if self.calls == 1 else (1e3 if self.calls == 12 else 1.0)
+            return loss * scale, n
+
+    cfg = ToyConfig(epochs=5, max_steps=8)
+    _, out = _fit(tmp_path, cfg, EasyFirst(cfg))
+    assert out["reason"] == "max_steps" and out["step"] == 8
+
+    cfg = ToyConfig(epochs=50, max_steps=20)
+    with pytest.raises(TrainingDiverged, match="in the first 10 steps"):
+        _fit(tmp_path / "late", cfg, EasyFirst(cfg))
 
 
 def test_max_minutes_uses_training_time(tmp_path):

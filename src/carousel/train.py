@@ -18,7 +18,7 @@ The loop owns everything around them: torch.optim, clipping, the progress displa
 optimizer, every RNG, data cursor, the job's carried state, the best model so far), Ctrl-C
 (finish the step, evaluate, save, exit 130), best-model selection and early stopping,
 ``max_steps`` / ``max_minutes``, divergence (a NaN/inf loss or gradient, or a loss far above
-its first value, stops with one line and keeps the last good checkpoint) and data-parallel
+those of its first steps, stops with one line and keeps the last good checkpoint) and data-parallel
 training under torchrun (DistributedDataParallel; the job shards its own stream).
 
 A job's entry point reads like this (see ``carousel.lm.train``)::
@@ -61,8 +61,8 @@ S = TypeVar("S", bound="TrainSettings")
 
 
 class TrainingDiverged(ValueError):
-    """The loss became NaN, infinite or far above its first value; the last good checkpoint
-    is kept."""
+    """The loss became NaN, infinite or far above those of the first steps; the last good
+    checkpoint is kept."""
 
 
 class RunInUse(ValueError):
@@ -96,7 +96,7 @@ class TrainSettings:
     log_every: int = 10  # steps between training rows of metrics.jsonl
     checkpoint_every: int = 0  # steps between checkpoints besides each evaluation
     patience: int = 0  # stop after this many evaluations without a better score; 0: never
-    max_loss_factor: float = 100.0  # divergence: a loss above this × the first one; 0: off
+    max_loss_factor: float = 100.0  # divergence: a loss above this × the start's; 0: off
     seed: int = 0
     device: str = "cpu"  # "cpu", "cuda" or "auto"
     threads: int | None = None  # torch intra-op threads (default: torch's choice)
@@ -240,7 +240,7 @@ class Cursor:
     stale: int = 0  # evaluations since the best one (early stopping)
     bad_evaluations: int = 0  # evaluations that did not beat the best (plateau schedule)
     evaluated: int = -1  # the step of the last evaluation (a resumed run does not repeat it)
-    first_loss: float | None = None  # the run's first training loss (divergence test)
+    first_loss: float | None = None  # the largest loss of the first START_STEPS (divergence)
     window_loss: float = 0.0  # sum of step losses since the last training row
     window_steps: int = 0
     window_grad_norm: float = 0.0  # sum of the steps' gradient norms (before clipping)
@@ -547,19 +547,26 @@ def _planned_steps(job: Job, cfg: TrainSettings) -> int | None:
     return planned
 
 
+#: the divergence test's start: the largest loss of a run's first steps
+START_STEPS = 10
+
+
 def _check_finite(what: str, value: float, cursor: Cursor, run: Run) -> None:
     if not math.isfinite(value):
         _diverged(f"the {what} became {value}", cursor, run)
 
 
 def _check_loss(loss: float, cursor: Cursor, cfg: TrainSettings, run: Run) -> None:
+    """NaN or inf is divergence at once; a loss over ``max_loss_factor`` × the run's start
+    (the largest loss of its first START_STEPS steps, not the first alone: a run started
+    from trained weights can draw one easy first batch) is divergence after those steps."""
     _check_finite("loss", loss, cursor, run)
-    if cursor.first_loss is None:
-        cursor.first_loss = loss
+    if cursor.step < START_STEPS:
+        cursor.first_loss = max(loss, cursor.first_loss or 0.0)
     elif cfg.max_loss_factor and loss > cfg.max_loss_factor * max(cursor.first_loss, 1e-12):
         _diverged(
-            f"the loss reached {loss:.4g}, over {cfg.max_loss_factor:g}× its first value "
-            f"{cursor.first_loss:.4g}",
+            f"the loss reached {loss:.4g}, over {cfg.max_loss_factor:g}× its largest value "
+            f"in the first {START_STEPS} steps, {cursor.first_loss:.4g}",
             cursor,
             run,
         )
