@@ -294,7 +294,7 @@ def main() -> None:
         nargs="*",
         default=["128x1", "512x64"],
         metavar="HxB",
-        help="points of the native kernel's per-step profile (none: skip)",
+        help="points of the native kernel's per-step profile (none, or no point: skip)",
     )
     parser.add_argument(
         "--clock",
@@ -400,7 +400,7 @@ def main() -> None:
     profiles = []
     lstm_cells = [n for n in args.cells if carousel.CELLS[n].family == "lstm"]
     if lstm_cells and not args.bf16:
-        for point in args.profile:
+        for point in (p for p in args.profile if p.lower() != "none"):
             H, B = (int(v) for v in point.lower().split("x"))
             profiles.append(profile(lstm_cells[0], H, B, args.steps, max(3, args.repeats // 2)))
             print(profiles[-1], flush=True)
