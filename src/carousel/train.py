@@ -572,14 +572,16 @@ def _check_loss(loss: float, cursor: Cursor, cfg: TrainSettings, run: Run) -> No
         )
 
 
-def _diverged(what: str, cursor: Cursor, run: Run) -> None:
+def _diverged(what: str, cursor: Cursor, run: Run, step: int | None = None) -> None:
+    """Raise TrainingDiverged for ``step`` (the step under way unless given)."""
     kept = (
         f"the last good checkpoint is {run.checkpoint}"
         if run.checkpoint.exists()
         else "no checkpoint was written yet"
     )
     raise TrainingDiverged(
-        f"{what} at step {cursor.step + 1}; stopped ({kept}); try a lower --lr or --clip"
+        f"{what} at step {cursor.step + 1 if step is None else step}; stopped ({kept}); "
+        "try a lower --lr or --clip"
     )
 
 
@@ -658,7 +660,11 @@ def save(
     cfg: TrainSettings,
     best: dict[str, Tensor] | None,
 ) -> None:
-    """Write the run's checkpoint (collective under torchrun: every process calls it)."""
+    """Write the run's checkpoint (collective under torchrun: every process calls it).  Weights
+    that overflowed are divergence: the checkpoint on disk stays the last good one (a finite
+    loss can come before them, with a huge step inside the divergence test's first steps)."""
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        _diverged("the weights became non-finite", cursor, run, step=cursor.step)
     device = next(model.parameters()).device
     job_tensors, job_data = job.state()
     rngs = {"cpu": ddp.gather(torch.get_rng_state().unsqueeze(0), dim=0)}
