@@ -191,6 +191,28 @@ def test_presets_resolve():
         resolve_config(LMConfig, name)
 
 
+def test_the_result_presets_are_the_commands_of_their_results():
+    """ptb-hour and shakespeare-15min hold the settings of EXPERIMENTS.md's commands."""
+    from carousel.config import resolve_config
+    from carousel.lm.config import LMConfig
+
+    ptb = {"hidden-size": "400", "embed-size": "400", "tie-weights": "true", "num-layers": "2",
+           "dropout": "0.3", "embed-dropout": "0.05", "optimizer": "adam", "lr": "0.002",
+           "warmup-steps": "300", "lr-schedule": "plateau", "lr-decay": "0.5", "clip": "0.5",
+           "batch-size": "20", "bptt": "35", "epochs": "40", "eval-every": "1400",
+           "log-every": "100", "max-minutes": "55", "threads": "2"}  # fmt: skip
+    command = {k.replace("-", "_"): v for k, v in ptb.items()}
+    assert resolve_config(LMConfig, "ptb-hour") == resolve_config(
+        LMConfig, "zaremba-small", command
+    )
+    shk = {"valid_fraction": "0.1000005379", "embed_size": "128", "hidden_size": "256",
+           "num_layers": "2", "layer_norm": "true", "zoneout_state": "0.1", "optimizer": "adam",
+           "lr": "0.002", "lr_schedule": "plateau", "lr_decay": "0.6", "batch_size": "32",
+           "bptt": "100", "epochs": "50", "max_minutes": "15", "eval_every": "200",
+           "eval_batch_size": "32", "threads": "2"}  # fmt: skip
+    assert resolve_config(LMConfig, "shakespeare-15min") == resolve_config(LMConfig, None, shk)
+
+
 # ---------------------------------------------------------------------------- exact resume
 RESUME_SCRIPT = textwrap.dedent(
     """
