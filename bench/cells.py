@@ -197,7 +197,10 @@ def machine() -> str:
 def native_note() -> str:
     from carousel.kernels import native
 
-    return f"native kernels: {native.isa() or 'not loaded (' + str(native.failure()) + ')'}"
+    if not native.isa():
+        return f"native kernels: not loaded ({native.failure()})"
+    pool = "torch's OpenMP team" if native.openmp() else "own pthread pool"
+    return f"native kernels: {native.isa()} on {pool}"
 
 
 def gemm_peak(n: int = 2048, repeats: int = 3) -> tuple[float, str]:
@@ -302,6 +305,12 @@ def main() -> None:
         choices=["wall", "cpu"],
         help="cpu: process CPU time (use with --threads 1 on a crowded machine)",
     )
+    parser.add_argument(
+        "--native-pool",
+        default="openmp",
+        choices=["openmp", "own"],
+        help="the native kernel's threads: torch's OpenMP team, or its own pthread pool",
+    )
     args = parser.parse_args()
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
@@ -315,6 +324,10 @@ def main() -> None:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    from carousel.kernels import native
+
+    if native.available():
+        native.set_openmp(args.native_pool == "openmp")
     load_before = load()
     peak, peak_note = gemm_peak()
     head = (

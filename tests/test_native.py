@@ -235,6 +235,40 @@ def test_without_numba_what_native_does_not_serve_runs_the_reference(monkeypatch
 
 
 @built
+def test_torchs_openmp_team_and_the_own_pool_agree_to_the_bit():
+    """A call on torch's OpenMP team (the default where the library was built with -fopenmp)
+    and the same call on the library's own pthread pool split the blocks alike, so outputs
+    and every gradient are equal to the bit; and the library shares torch's libgomp rather
+    than loading a second OpenMP runtime."""
+    if not native.openmp():
+        pytest.skip("the native library was built without OpenMP")
+    with open("/proc/self/maps") as f:
+        maps = [line.split()[-1] for line in f if "libgomp" in line]
+    assert len(set(maps)) == 1, f"expected one libgomp in the process, found {set(maps)}"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        layer = carousel.LSTM(40, 40, bidirectional=True, dtype=torch.float64)  # 2 threads
+        x = torch.randn(7, 41, 40, dtype=torch.float64, requires_grad=True)
+        lengths = torch.randint(1, 8, (41,))
+        runs = []
+        for on in (True, False):
+            native.set_openmp(on)
+            packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+            y, (h, s) = layer(packed)
+            loss = y.data.square().sum() + h.sum() + s.sum()
+            grads = torch.autograd.grad(loss, [x, *layer.parameters()])
+            runs.append((y.data, h, s, *grads))
+    finally:
+        native.set_openmp(True)
+        torch.set_num_threads(threads)
+    assert native.openmp()
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+@built
 def test_backward_is_reentrant():
     """Two backward passes through one graph give the same gradients (gradcheck's reentrancy
     check; the backward once reused the forward's packed panels and was not)."""

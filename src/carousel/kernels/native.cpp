@@ -29,11 +29,11 @@
 // (cached by the caller while the weight is unchanged) into panels Wf[block][k][gate][W], so
 // the forward micro-kernel computes W_hh h_{t-1} for R rows × all G gates of one or two
 // blocks in registers and applies (F2)–(F7) to the tile before anything leaves L1.  The
-// blocks are split between persistent threads; each thread's panels stay in its own L2 for
-// all T steps, and one spin barrier per step publishes h_t.  The backward pass does (B1)–(B8)
-// for the thread's own blocks, one barrier, then (B9) for the thread's own columns of
-// δh_{t-1} from panels Wb[block][c][W] = W_hh[c][block·W + lane]: each thread only ever reads
-// its own δh and δs, so one barrier per step suffices here too.
+// blocks are split between the threads of torch's OpenMP team (Pool::run); each thread's
+// panels stay in its own L2 for all T steps, and one spin barrier per step publishes h_t.
+// The backward pass does (B1)–(B8) for the thread's own blocks, one barrier, then (B9) for
+// the thread's own columns of δh_{t-1} from panels Wb[block][c][W] = W_hh[c][block·W + lane]:
+// each thread only ever reads its own δh and δs, so one barrier per step suffices here too.
 //
 // Batches of unequal lengths run longest first (perm); at step t the first nlive[t] rows are
 // live, and every stored value is indexed by the sequence's own position pos (t, or
@@ -61,6 +61,10 @@
 #include <mutex>
 #include <new>
 #include <thread>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #ifndef VB
 #define VB 32
@@ -231,6 +235,10 @@ static void judge(int P, i64 T, i64 sync, i64 total) {
     if (P > 1 && T >= 8 && 2 * sync > total) solo_calls.store(SOLO_CALLS, std::memory_order_relaxed);
 }
 
+// 0: calls run on the library's own pthread pool even where it was built with OpenMP (for the
+// benchmark's comparison; carousel_set_openmp)
+static std::atomic<int> use_openmp{1};
+
 struct Pool {
     std::mutex m;
     std::condition_variable cv;
@@ -260,6 +268,24 @@ struct Pool {
             f(0);
             return;
         }
+#ifdef _OPENMP
+        // Built with -fopenmp, the library binds to the libgomp torch has already loaded (the
+        // same soname), so a call runs on torch's own OpenMP team: the worker that has just
+        // finished torch's input product, still spinning in libgomp, takes our step loop at
+        // once instead of competing with it for the second core.  Where the team comes back
+        // smaller than asked (nested in a parallel region, a thread limit), nobody runs and
+        // the pthread pool below serves.
+        if (use_openmp.load(std::memory_order_relaxed) && !omp_in_parallel()) {
+            int got = 0;
+#pragma omp parallel num_threads(n)
+            {
+#pragma omp single
+                got = omp_get_num_threads();
+                if (got == n) f(omp_get_thread_num());
+            }
+            if (got == n) return;
+        }
+#endif
         {
             std::unique_lock<std::mutex> lk(m);
             while (workers < n - 1) {
@@ -291,7 +317,10 @@ static std::mutex& call_mutex() {
     return *m;
 }
 // after fork() the child has none of the parent's worker threads: start a fresh pool
+// (and libgomp's team does not survive fork(): a child's parallel region would wait forever
+// for threads it does not have, so the child's calls use the fresh pool instead)
 static void atfork_child() {
+    use_openmp.store(0);
     new (pool()) Pool();
     new (&call_mutex()) std::mutex();
 }
@@ -691,6 +720,13 @@ static int forward_any(const Args& a) {
 extern "C" {
 
 uint64_t carousel_source_hash() { return CAROUSEL_SOURCE_HASH; }
+
+#ifdef _OPENMP
+int carousel_openmp() { return use_openmp.load(); }
+#else
+int carousel_openmp() { return 0; }
+#endif
+void carousel_set_openmp(int on) { use_openmp.store(on ? 1 : 0); }
 
 int carousel_vector_bytes() { return VB; }
 

@@ -4,8 +4,10 @@ The derivation opens ``native.cpp`` (the same lines as ``docs/bptt.md``, tags (F
 (B1)…(B10)); the kernel follows it line by line with the cells' symbols (s is the internal
 state).  Per step, one pass: a register-blocked micro-kernel computes W_hh h_{t−1} for a tile
 of gate columns — all G gates of a block of hidden units — and applies the gates and the
-state update to that tile while it is in registers; the blocks are split between persistent
-threads with one spin barrier per step.  W_hh is packed once per call into the micro-kernel's
+state update to that tile while it is in registers; the blocks are split between the threads
+of torch's own OpenMP team (the library is built with ``-fopenmp`` and binds to the libgomp
+torch loaded; :func:`set_openmp` ``(False)`` and a forked child use the library's own pthread
+pool) with one spin barrier per step.  W_hh is packed once per call into the micro-kernel's
 panels (the backward reuses the forward's; inside :func:`frozen_weights`, a sampler calling
 one step at a time, they are cached while the weight is unchanged).  The input's share of
 every gate, and the products of (B10), stay single large products over the whole sequence
@@ -62,7 +64,7 @@ BUILDS = (
     ("avx2", ("-mavx2", "-mfma", "-DVB=32")),
     ("avx512", ("-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mfma", "-DVB=64")),
 )
-FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-pthread")
+FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno", "-pthread", "-fopenmp")
 
 
 def disabled_by_environment() -> bool:
@@ -186,6 +188,19 @@ def failure() -> str | None:
     """Why the native library could not load, or ``None``."""
     _load()
     return _failure
+
+
+def openmp() -> bool:
+    """Whether calls run on torch's OpenMP team (the library was built with ``-fopenmp`` and
+    binds to the libgomp torch loaded) rather than on the library's own pthread pool."""
+    return _lib is not None and bool(_lib.carousel_openmp())
+
+
+def set_openmp(on: bool) -> None:
+    """Send calls to torch's OpenMP team (the default) or, ``False``, to the library's own
+    pthread pool: for the benchmark's comparison of the two."""
+    if _lib is not None:
+        _lib.carousel_set_openmp(int(bool(on)))
 
 
 def isa() -> str | None:
