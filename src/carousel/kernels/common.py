@@ -277,11 +277,24 @@ class Call:
         return dataclasses.replace(self, lengths=lengths, order=order, masks=masks)
 
 
+def _apply(calls: tuple, concurrent: bool, flat: list) -> tuple:
+    """``SequenceFunction.apply``; or, where no call keeps anything for a backward pass and
+    no tracer or torch.func transform is watching, its forward alone: an autograd node that
+    would record nothing costs a sampler's one-token call more than the kernel does."""
+    if (
+        not any(c.store for c in calls)
+        and not torch.jit.is_tracing()
+        and torch._C._functorch.peek_interpreter_stack() is None
+    ):
+        return SequenceFunction.forward(calls, concurrent, *flat)
+    return SequenceFunction.apply(calls, concurrent, *flat)
+
+
 def run_sequence(kernel, cell, x, state, weights, lengths, reverse, masks=None) -> tuple:
     """Run one direction of one layer with ``kernel``; ``reference_sequence``'s signature
     (and its ``masks``)."""
     call = make_call(kernel, cell, x, state, weights, lengths, reverse, masks)
-    outputs = SequenceFunction.apply((call,), False, *call.flatten(x, state, weights))
+    outputs = _apply((call,), False, call.flatten(x, state, weights))
     return outputs[0], tuple(outputs[1 : 1 + call.n_state])
 
 
@@ -295,7 +308,7 @@ def run_pair(
         for s, w, reverse, m in zip(states, weights, (False, True), masks)
     )
     flat = [t for c, s, w in zip(calls, states, weights) for t in c.flatten(x, s, w)]
-    outputs = SequenceFunction.apply(calls, concurrent, *flat)
+    outputs = _apply(calls, concurrent, flat)
     results, at = [], 0
     for c in calls:
         results.append((outputs[at], tuple(outputs[at + 1 : at + 1 + c.n_state])))

@@ -352,7 +352,13 @@ def _args(flags, order: Order, T: int, B: int, H: int, reverse: bool, store: boo
 
 
 def _peep_rows(peep: dict, H: int, dtype: torch.dtype) -> Tensor:
-    """The (3, H) rows p_i, p_f, p_o the kernel reads, zeros where a variant has none."""
+    """The (3, H) rows p_i, p_f, p_o the kernel reads, zeros where a variant has none (the
+    kernel only reads them, so a variant without peepholes shares one zero tensor a size)."""
+    if not peep:
+        key = (H, dtype)
+        if key not in _NO_PEEPHOLES:
+            _NO_PEEPHOLES[key] = torch.zeros(3, H, dtype=dtype)
+        return _NO_PEEPHOLES[key]
     rows = torch.zeros(3, H, dtype=dtype)
     for name, p in peep.items():
         rows[_PEEP_ROW[name]] = p.detach()
@@ -360,6 +366,7 @@ def _peep_rows(peep: dict, H: int, dtype: torch.dtype) -> Tensor:
 
 
 _PEEP_ROW = {"ci": 0, "cf": 1, "co": 2}
+_NO_PEEPHOLES: dict[tuple[int, torch.dtype], Tensor] = {}
 
 
 class NativeLSTMKernel:
