@@ -163,6 +163,33 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         )
 
 
+def add_run_arguments(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    preset_help: str,
+    out_help: str = "run folder to create (default runs/PRESET)",
+) -> None:
+    """A training job's options: ``--preset``, ``--out``, ``--resume``, ``--no-progress``,
+    then :func:`add_config_arguments`'s for ``cls``."""
+    parser.add_argument("--preset", help=preset_help)
+    parser.add_argument("--out", help=out_help)
+    parser.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN exactly")
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bar"
+    )
+    add_config_arguments(parser, cls)
+
+
+def set_threads(args: argparse.Namespace) -> None:
+    """Torch's thread count from ``--threads``, where given (it must be positive)."""
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be positive; got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def overrides_from_args(args: argparse.Namespace) -> dict[str, str]:
     """The settings the user gave on the command line, by field name."""
     return {k[5:]: v for k, v in vars(args).items() if k.startswith("cfg__")}

@@ -719,6 +719,18 @@ def part(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
+def load_weights(
+    model: nn.Module, tensors: dict[str, Tensor], path: str | os.PathLike, best: bool = False
+) -> None:
+    """Load a checkpoint's model tensors into ``model`` (with ``best``, those of the best
+    evaluation where it holds them); a ValueError naming ``path`` where they do not fit."""
+    weights = (best and part(tensors, "best")) or part(tensors, "model")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: the model's tensors do not fit its config ({err})") from err
+
+
 def _python_rng_json() -> list:
     version, state, gauss = random.getstate()
     return [version, list(state), gauss]

@@ -74,10 +74,6 @@ class Sample:
     organisation: str
     source: str
 
-    @property
-    def num_points(self) -> int:
-        return sum(len(s) for s in self.strokes)
-
 
 _POINT = re.compile(r"^\s*(-?\d+(?:\.\d*)?)\s+(-?\d+(?:\.\d*)?)")
 _SEGMENT = re.compile(r'^\.SEGMENT\s+(\S+)\s+(\S+)\s+(\S+)\s+"([^"]*)"\s*$')

@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from carousel.checkpoint import load_checkpoint
-from carousel.config import add_config_arguments, overrides_from_args, resolve_config
+from carousel.config import add_run_arguments, overrides_from_args, resolve_config
 from carousel.data.unipen import read_stroke_file, read_unipen, split_by_organisation
 from carousel.handwriting.config import HandwritingConfig
 from carousel.handwriting.recognise import recognise
@@ -118,11 +118,7 @@ def register(sub: argparse._SubParsersAction, jobs: argparse._SubParsersAction) 
     p = jobs.add_parser("handwriting", help="UNIPEN digits: isolated (digits) or strings (CTC)")
     p.add_argument("--data", help="the UNIPEN archive unipen_1a.tar.gz (resume: the run's)")
     p.add_argument("--task", choices=TASKS, default=None, help="digits (default) or strings")
-    p.add_argument("--preset", help="preset name or TOML file (default unipen-TASK)")
-    p.add_argument("--out", help="run folder to create (default runs/PRESET)")
-    p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN exactly")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    add_config_arguments(p, HandwritingConfig)
+    add_run_arguments(p, HandwritingConfig, "preset name or TOML file (default unipen-TASK)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("read", help="recognise the digits in a UNIPEN-notation stroke file")

@@ -55,7 +55,7 @@ from carousel.handwriting.recognise import (
     frame_log_probs,
     string_scores,
 )
-from carousel.train import Job, fit, open_run, part, setup
+from carousel.train import Job, fit, load_weights, open_run, setup
 
 KIND = "handwriting"
 TASKS = ("digits", "strings")
@@ -323,10 +323,7 @@ def load_recogniser(path: str | os.PathLike) -> tuple[Recogniser, HandwritingCon
     tensors, meta = load_checkpoint(path, kind=KIND)
     cfg = config_from_dict(HandwritingConfig, meta["config"])
     model = recogniser_from_json(meta["model"])
-    try:
-        model.load_state_dict(part(tensors, "best") or part(tensors, "model"))
-    except RuntimeError as err:
-        raise ValueError(f"{path}: the model's tensors do not fit its config ({err})") from err
+    load_weights(model, tensors, path, best=True)
     model.eval()
     return model, cfg, meta
 

@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from carousel.checkpoint import load_checkpoint
+from carousel.config import set_threads
 
 LAG_FIGURE = "lag.png"
 
@@ -32,15 +33,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     raise ValueError(f"{args.run} holds a {kind!r} checkpoint; inspect reads lm and lag runs")
 
 
-def _threads(args: argparse.Namespace) -> None:
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be positive; got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
-
-
 def _inspect_lag(args: argparse.Namespace) -> int:
     from carousel.data.tasks import make_batch
     from carousel.inspection.lag import carousel_figure, lag_summary, readout_units, record_lag
@@ -52,7 +44,7 @@ def _inspect_lag(args: argparse.Namespace) -> int:
             "--text and --prime are for language models; a lag run is inspected on sequences "
             "of its own task (--seed, --sequence)"
         )
-    _threads(args)
+    set_threads(args)
     models, shapes = {}, {}
     for run in [args.run, *args.beside]:
         model, cfg, _ = load_lag(run)
@@ -95,7 +87,7 @@ def _inspect_lm(args: argparse.Namespace) -> int:
 
     if (args.text is None) == (args.prime is None):
         raise ValueError("give either --text FILE or --prime TEXT (with --length N)")
-    _threads(args)
+    set_threads(args)
     model, vocab, cfg, _ = load_lm(args.run)
     if args.text is not None:
         try:

@@ -17,7 +17,6 @@ from carousel.data.tasks import get_task
 
 REGRESSION_TOLERANCE = 0.04
 CLASS_TOLERANCE = 0.3
-TEST_SEQUENCES = 2560
 
 
 def correct(task: str, prediction: Tensor, target: Tensor) -> Tensor:

@@ -42,7 +42,7 @@ from carousel.io import atomic_write
 from carousel.lag.config import LagConfig
 from carousel.lag.criteria import correct
 from carousel.layers import make_layer
-from carousel.train import Job, fit, open_run, part, plot_metrics, setup
+from carousel.train import Job, fit, load_weights, open_run, plot_metrics, setup
 
 KIND = "lag"
 EVAL_CHUNK = 512
@@ -297,10 +297,7 @@ def load_lag(path: str | os.PathLike) -> tuple[LagModel, LagConfig, dict]:
     tensors, meta = load_checkpoint(path, kind=KIND)
     cfg = config_from_dict(LagConfig, meta["config"])
     model = LagModel(cfg.task, cfg.cell, cfg.hidden_size, **cfg.cell_options())
-    try:
-        model.load_state_dict(part(tensors, "model"))
-    except RuntimeError as err:
-        raise ValueError(f"{path}: the model's tensors do not fit its config ({err})") from err
+    load_weights(model, tensors, path)
     return model, cfg, meta
 
 

@@ -13,7 +13,7 @@ import math
 import sys
 from pathlib import Path
 
-from carousel.config import add_config_arguments, overrides_from_args, resolve_config
+from carousel.config import add_run_arguments, overrides_from_args, resolve_config, set_threads
 from carousel.lm.config import LMConfig
 from carousel.lm.train import KIND
 
@@ -45,22 +45,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _threads(args: argparse.Namespace) -> None:
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be positive; got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     """``carousel eval`` of a language model: its loss on ``--data``."""
     from carousel.data.corpora import read_text
     from carousel.lm.train import evaluate, load_lm
     from carousel.train import LOG2
 
-    _threads(args)
+    set_threads(args)
     if args.data is None:
         raise ValueError("evaluating a language model needs --data FILE")
     model, vocab, cfg, _ = load_lm(args.checkpoint)
@@ -89,7 +80,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from carousel.lm.sample import generate, top_continuations
     from carousel.lm.train import load_lm
 
-    _threads(args)
+    set_threads(args)
     model, vocab, _, _ = load_lm(args.checkpoint)
     prime = args.prime
     if prime is None:
@@ -137,11 +128,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction, jobs: argparse._SubParsersAction) -> None:
     """Add the ``lm`` job to ``carousel train`` and ``sample``, ``plot`` to ``carousel``."""
     p = jobs.add_parser("lm", help="a language model of characters or words (the default)")
-    p.add_argument("--preset", help="preset name (zaremba-small, char-small, ...) or TOML file")
-    p.add_argument("--out", help="run folder to create (default runs/PRESET)")
-    p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN exactly")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    add_config_arguments(p, LMConfig)
+    add_run_arguments(p, LMConfig, "preset name (zaremba-small, char-small, ...) or TOML file")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sample", help="generate text from a checkpoint, streamed")

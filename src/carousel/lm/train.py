@@ -28,7 +28,7 @@ from carousel.data.corpora import Corpus, Vocab, load_corpus
 from carousel.layers import State, detach_state
 from carousel.lm.config import LMConfig
 from carousel.lm.model import RNNLM
-from carousel.train import LOG2, Job, fit, open_run, part, setup
+from carousel.train import LOG2, Job, fit, load_weights, open_run, setup
 
 KIND = "lm"
 
@@ -160,10 +160,7 @@ def load_lm(path: str | os.PathLike) -> tuple[RNNLM, Vocab, LMConfig, dict]:
     cfg = config_from_dict(LMConfig, meta["config"])
     vocab = Vocab.from_json(meta["vocab"])
     model = RNNLM(len(vocab), cfg)
-    try:
-        model.load_state_dict(part(tensors, "model"))
-    except RuntimeError as err:
-        raise ValueError(f"{path}: the model's tensors do not fit its config ({err})") from err
+    load_weights(model, tensors, path)
     return model, vocab, cfg, {"tensors": tensors, **meta}
 
 

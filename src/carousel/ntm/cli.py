@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from carousel.config import add_config_arguments, overrides_from_args, resolve_config
+from carousel.config import add_run_arguments, overrides_from_args, resolve_config
 from carousel.ntm.config import NTMConfig
 
 KIND = "ntm"
@@ -115,11 +115,7 @@ def register(sub: argparse._SubParsersAction, jobs: argparse._SubParsersAction) 
     p = jobs.add_parser(
         "ntm", help="a Neural Turing Machine (or the LSTM baseline) on a memory task"
     )
-    p.add_argument("--preset", help="preset name or TOML file (default ntm-TASK)")
-    p.add_argument("--out", help="run folder to create (default runs/PRESET)")
-    p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN exactly")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    add_config_arguments(p, NTMConfig)
+    add_run_arguments(p, NTMConfig, "preset name or TOML file (default ntm-TASK)")
     p.set_defaults(func=cmd_train)
 
 

@@ -357,7 +357,3 @@ class LSTMBaseline(nn.Module):
             raise ValueError("the LSTM baseline has no memory weightings to trace")
         out, state = self.rnn(x, state)
         return self.output(out), state
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -27,7 +27,7 @@ from carousel.data.memory_tasks import MemoryBatch, get_memory_task, memory_batc
 from carousel.ntm.config import NTMConfig
 from carousel.ntm.metrics import bce_loss, bits_per_sequence, sequence_bit_errors
 from carousel.ntm.model import NTM, LSTMBaseline
-from carousel.train import LOG2, Job, fit, open_run, part, setup
+from carousel.train import LOG2, Job, fit, load_weights, open_run, setup
 
 KIND = "ntm"
 EVAL_SEED_OFFSET = 1_000_003  # the evaluation set's stream: never a training stream
@@ -161,10 +161,7 @@ def load_ntm(path: str | os.PathLike) -> tuple[nn.Module, NTMConfig, dict]:
     tensors, meta = load_checkpoint(path, kind=KIND)
     cfg = config_from_dict(NTMConfig, meta["config"])
     model = build_model(cfg)
-    try:
-        model.load_state_dict(part(tensors, "best") or part(tensors, "model"))
-    except RuntimeError as err:
-        raise ValueError(f"{path}: the model's tensors do not fit its config ({err})") from err
+    load_weights(model, tensors, path, best=True)
     model.eval()
     return model, cfg, meta
 

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from carousel.config import add_config_arguments, overrides_from_args, resolve_config
+from carousel.config import add_run_arguments, overrides_from_args, resolve_config
 from carousel.tagging.config import TaggerConfig
 from carousel.tagging.train import KIND, evaluate_tagger, load_tagger, tag_text, train_tagger
 
@@ -85,11 +85,8 @@ def cmd_tag(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction, jobs: argparse._SubParsersAction) -> None:
     """Add the ``tagger`` job to ``carousel train`` and ``tag`` to ``carousel``."""
     p = jobs.add_parser("tagger", help="a (bidirectional) part-of-speech tagger or chunker")
-    p.add_argument("--preset", help="preset name (tagger-ewt, tagger-chunk) or TOML file")
-    p.add_argument("--out", help="run folder to create (default runs/PRESET)")
-    p.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN exactly")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    add_config_arguments(p, TaggerConfig)  # --data FOLDER: *train/dev/test*.conllu, or CoNLL-2000
+    # --data FOLDER: *train/dev/test*.conllu, or CoNLL-2000
+    add_run_arguments(p, TaggerConfig, "preset name (tagger-ewt, tagger-chunk) or TOML file")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("tag", help="tag text from stdin, one sentence a line: word/TAG")
